@@ -1,0 +1,2 @@
+//! sluicectl: placeholder.
+fn main() {}

@@ -1,0 +1,2 @@
+//! sluice: placeholder.
+fn main() {}
