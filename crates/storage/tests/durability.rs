@@ -1,0 +1,97 @@
+//! Flush policy: group-committed fsync before `wait_durable` with `flush.messages=1`, and
+//! policy-driven (or requested) flushes otherwise.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{all_batches, batch_of};
+use sluice_storage::{LogConfig, PartitionLog, StorageError};
+
+#[test]
+fn flush_messages_one_makes_every_append_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Arc::new(PartitionLog::open(dir.path(), "t", 0, LogConfig::default()).expect("open"));
+    assert!(log.config().sync_before_ack());
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for i in 0..50u64 {
+                    let out = log
+                        .append(batch_of(2, 30, t * 1000 + i, 0), 0, 0)
+                        .expect("append");
+                    log.wait_durable_blocking(out.last_offset + 1)
+                        .expect("durable");
+                    assert!(log.durable_offset() > out.last_offset);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("thread");
+    }
+    assert_eq!(log.durable_offset(), 400);
+    assert_eq!(all_batches(&log, 0).len(), 200);
+}
+
+#[test]
+fn larger_flush_messages_waits_for_the_policy_or_a_request() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig {
+        flush_messages: 10,
+        flush_ms: 100,
+        ..LogConfig::default()
+    };
+    let log = PartitionLog::open(dir.path(), "t", 0, config).expect("open");
+    assert!(!log.config().sync_before_ack());
+    // Four messages: below flush.messages, so no flush was queued.
+    log.append(batch_of(4, 10, 0, 0), 0, 1_000).expect("append");
+    assert_eq!(log.durable_offset(), 0);
+    // flush.ms has not passed yet...
+    assert!(!log.flush_if_due(1_050));
+    assert_eq!(log.durable_offset(), 0);
+    // ...now it has.
+    assert!(log.flush_if_due(1_100));
+    log.wait_durable_blocking(4)
+        .expect("durable after flush.ms");
+    // Reaching flush.messages queues a flush by itself.
+    log.append(batch_of(10, 10, 1, 0), 0, 2_000)
+        .expect("append");
+    log.wait_durable_blocking(14)
+        .expect("durable after flush.messages");
+    // An explicit request covers whatever is pending.
+    log.append(batch_of(1, 10, 2, 0), 0, 3_000).expect("append");
+    log.request_flush();
+    log.wait_durable_blocking(15)
+        .expect("durable after request");
+}
+
+#[test]
+fn waiting_past_the_end_of_a_closed_log_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = PartitionLog::open(
+        dir.path(),
+        "t",
+        0,
+        LogConfig {
+            flush_messages: 1000,
+            ..LogConfig::default()
+        },
+    )
+    .expect("open");
+    log.append(batch_of(1, 10, 0, 0), 0, 0).expect("append");
+    log.close().expect("close");
+    log.wait_durable_blocking(1)
+        .expect("close flushed everything");
+    assert!(matches!(
+        log.wait_durable_blocking(2),
+        Err(StorageError::Closed(_))
+    ));
+    assert_eq!(
+        log.append(batch_of(1, 10, 0, 0), 0, 0)
+            .map_err(|e| e.error_code())
+            .err(),
+        Some(56)
+    );
+}
