@@ -270,9 +270,8 @@ pub fn verify_stored_batch(batch: &[u8]) -> Result<BatchHeader, BatchError> {
 fn count_uncompressed_records(mut records: &[u8], expected: i32) -> Result<(), BatchError> {
     let mut count = 0i32;
     while !records.is_empty() {
-        let (len, used) = read_varint(records).ok_or_else(|| {
-            BatchError::Invalid(format!("record {count} has a malformed length"))
-        })?;
+        let (len, used) = read_varint(records)
+            .ok_or_else(|| BatchError::Invalid(format!("record {count} has a malformed length")))?;
         if len < 0 || (len as u64) > (records.len() - used) as u64 {
             return Err(BatchError::Invalid(format!(
                 "record {count} claims {len} bytes, {} remain",
@@ -329,7 +328,9 @@ pub fn set_log_append_time(batch: &mut [u8], append_time: i64) {
 
 /// Iterates over whole batches in a buffer of concatenated batches, stopping at the first
 /// incomplete one. Yields `(header, bytes)`; does not check CRCs.
-pub fn iter_batches(mut buf: &[u8]) -> impl Iterator<Item = Result<(BatchHeader, &[u8]), BatchError>> {
+pub fn iter_batches(
+    mut buf: &[u8],
+) -> impl Iterator<Item = Result<(BatchHeader, &[u8]), BatchError>> {
     std::iter::from_fn(move || {
         if buf.len() < HEADER_LEN {
             return None;
@@ -410,7 +411,10 @@ mod tests {
         let mut b = batch(&[b"hello"], -1, -1);
         let last = b.len() - 2;
         b[last] ^= 0xff;
-        assert_eq!(validate_producer_batch(&b).map_err(|e| e.error_code()), Err(2));
+        assert_eq!(
+            validate_producer_batch(&b).map_err(|e| e.error_code()),
+            Err(2)
+        );
     }
 
     #[test]
@@ -430,21 +434,30 @@ mod tests {
         b[23..27].copy_from_slice(&2i32.to_be_bytes());
         let crc = compute_crc(&b);
         b[17..21].copy_from_slice(&crc.to_be_bytes());
-        assert_eq!(validate_producer_batch(&b).map_err(|e| e.error_code()), Err(87));
+        assert_eq!(
+            validate_producer_batch(&b).map_err(|e| e.error_code()),
+            Err(87)
+        );
     }
 
     #[test]
     fn trailing_bytes_are_corrupt() {
         let mut b = batch(&[b"x"], -1, -1);
         b.push(0);
-        assert_eq!(validate_producer_batch(&b).map_err(|e| e.error_code()), Err(2));
+        assert_eq!(
+            validate_producer_batch(&b).map_err(|e| e.error_code()),
+            Err(2)
+        );
     }
 
     #[test]
     fn old_magic_is_invalid() {
         let mut b = batch(&[b"x"], -1, -1);
         b[16] = 1;
-        assert_eq!(validate_producer_batch(&b).map_err(|e| e.error_code()), Err(87));
+        assert_eq!(
+            validate_producer_batch(&b).map_err(|e| e.error_code()),
+            Err(87)
+        );
     }
 
     #[test]

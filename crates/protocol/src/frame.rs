@@ -89,10 +89,16 @@ mod tests {
         let mut buf = BytesMut::new();
         buf.extend_from_slice(&framed(b"0123456789"));
         buf.extend_from_slice(&framed(b"abcdefgh")[..6]);
-        assert_eq!(d.decode(&mut buf).unwrap().as_deref(), Some(&b"0123456789"[..]));
+        assert_eq!(
+            d.decode(&mut buf).unwrap().as_deref(),
+            Some(&b"0123456789"[..])
+        );
         assert_eq!(d.decode(&mut buf).unwrap(), None);
         buf.extend_from_slice(&framed(b"abcdefgh")[6..]);
-        assert_eq!(d.decode(&mut buf).unwrap().as_deref(), Some(&b"abcdefgh"[..]));
+        assert_eq!(
+            d.decode(&mut buf).unwrap().as_deref(),
+            Some(&b"abcdefgh"[..])
+        );
         assert!(buf.is_empty());
     }
 
@@ -102,7 +108,10 @@ mod tests {
         let mut buf = BytesMut::from(&101i32.to_be_bytes()[..]);
         assert_eq!(
             d.decode(&mut buf),
-            Err(FrameError::TooLarge { size: 101, max: 100 })
+            Err(FrameError::TooLarge {
+                size: 101,
+                max: 100
+            })
         );
     }
 

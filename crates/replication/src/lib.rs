@@ -1,1 +1,10 @@
-//! Placeholder.
+//! Replication: how a write becomes committed, and the cluster image every node serves.
+//!
+//! - [`image`]: brokers, topics, partitions and configs, and the commands that change them (the
+//!   future metadata Raft group's state machine).
+//! - [`partition`]: a partition replica and the leader's append path (acks, high watermark).
+//!
+//! Today a node is its own single replica; openraft groups slot in behind these two modules.
+
+pub mod image;
+pub mod partition;

@@ -1,0 +1,188 @@
+//! The cluster image: what every node believes about brokers, topics and partitions.
+//!
+//! Today one node builds it from its own metadata store; with replication it becomes the state
+//! machine of the metadata Raft group, changed only by [`MetadataCommand`]s applied in log order.
+//! Readers take a cheap snapshot (`Arc<ClusterImage>`) and never block writers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+/// A broker as clients see it in Metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerInfo {
+    /// `node.id`.
+    pub node_id: i32,
+    /// Advertised host.
+    pub host: String,
+    /// Advertised port.
+    pub port: u16,
+    /// `broker.rack` (availability zone).
+    pub rack: Option<String>,
+}
+
+/// One partition's placement and leadership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionInfo {
+    /// Partition index.
+    pub index: i32,
+    /// Current leader's node id.
+    pub leader: i32,
+    /// Leader epoch: bumps with every leadership change.
+    pub leader_epoch: i32,
+    /// Replica node ids, preferred leader first.
+    pub replicas: Vec<i32>,
+    /// In-sync replicas.
+    pub isr: Vec<i32>,
+}
+
+/// A topic in the image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    /// Topic name.
+    pub name: String,
+    /// Topic id (KIP-516).
+    pub id: Uuid,
+    /// Partitions in index order.
+    pub partitions: Vec<PartitionInfo>,
+    /// Topic-level config overrides (Kafka names); defaults are not stored.
+    pub configs: BTreeMap<String, String>,
+    /// Internal topics (`__consumer_offsets`) are hidden from listings unless asked for.
+    pub internal: bool,
+}
+
+impl TopicInfo {
+    /// Replication factor (replicas of partition 0).
+    pub fn replication_factor(&self) -> i16 {
+        self.partitions
+            .first()
+            .map_or(0, |p| p.replicas.len() as i16)
+    }
+}
+
+/// The whole picture, versioned by the offset of the last command applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterImage {
+    /// Kafka-style cluster id.
+    pub cluster_id: String,
+    /// The node acting as controller.
+    pub controller_id: i32,
+    /// Live brokers by node id.
+    pub brokers: BTreeMap<i32, BrokerInfo>,
+    /// Topics by name.
+    pub topics: BTreeMap<String, Arc<TopicInfo>>,
+    /// Broker-level config overrides set at runtime (IncrementalAlterConfigs on the broker).
+    pub broker_configs: BTreeMap<String, String>,
+}
+
+impl ClusterImage {
+    /// A topic by id.
+    pub fn topic_by_id(&self, id: Uuid) -> Option<&Arc<TopicInfo>> {
+        self.topics.values().find(|t| t.id == id)
+    }
+}
+
+/// A change to the image. In a cluster these are the entries of the metadata Raft log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetadataCommand {
+    /// Adds a topic with its partitions.
+    CreateTopic(TopicInfo),
+    /// Removes a topic and its partitions.
+    DeleteTopic {
+        /// Topic name.
+        name: String,
+    },
+    /// Appends partitions to a topic.
+    CreatePartitions {
+        /// Topic name.
+        name: String,
+        /// The new partitions, continuing the index sequence.
+        partitions: Vec<PartitionInfo>,
+    },
+    /// Replaces a topic's config overrides.
+    SetTopicConfigs {
+        /// Topic name.
+        name: String,
+        /// The complete new set of overrides.
+        configs: BTreeMap<String, String>,
+    },
+    /// Replaces the runtime broker-level config overrides.
+    SetBrokerConfigs {
+        /// The complete new set.
+        configs: BTreeMap<String, String>,
+    },
+}
+
+impl ClusterImage {
+    /// Applies one command. Commands are validated before they are proposed, so applying never
+    /// fails; a command naming a topic that is gone is a no-op, as a replayed log requires.
+    pub fn apply(&mut self, command: &MetadataCommand) {
+        match command {
+            MetadataCommand::CreateTopic(topic) => {
+                self.topics
+                    .insert(topic.name.clone(), Arc::new(topic.clone()));
+            }
+            MetadataCommand::DeleteTopic { name } => {
+                self.topics.remove(name);
+            }
+            MetadataCommand::CreatePartitions { name, partitions } => {
+                if let Some(topic) = self.topics.get_mut(name) {
+                    Arc::make_mut(topic)
+                        .partitions
+                        .extend(partitions.iter().cloned());
+                }
+            }
+            MetadataCommand::SetTopicConfigs { name, configs } => {
+                if let Some(topic) = self.topics.get_mut(name) {
+                    Arc::make_mut(topic).configs = configs.clone();
+                }
+            }
+            MetadataCommand::SetBrokerConfigs { configs } => {
+                self.broker_configs = configs.clone();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topic(name: &str, partitions: i32) -> TopicInfo {
+        TopicInfo {
+            name: name.into(),
+            id: Uuid::from_u128(7),
+            partitions: (0..partitions)
+                .map(|index| PartitionInfo {
+                    index,
+                    leader: 1,
+                    leader_epoch: 0,
+                    replicas: vec![1],
+                    isr: vec![1],
+                })
+                .collect(),
+            configs: BTreeMap::new(),
+            internal: false,
+        }
+    }
+
+    #[test]
+    fn commands_change_the_image_and_stale_ones_are_no_ops() {
+        let mut image = ClusterImage::default();
+        image.apply(&MetadataCommand::CreateTopic(topic("orders", 2)));
+        image.apply(&MetadataCommand::CreatePartitions {
+            name: "orders".into(),
+            partitions: topic("x", 3).partitions[2..].to_vec(),
+        });
+        assert_eq!(image.topics["orders"].partitions.len(), 3);
+        image.apply(&MetadataCommand::DeleteTopic {
+            name: "orders".into(),
+        });
+        image.apply(&MetadataCommand::CreatePartitions {
+            name: "orders".into(),
+            partitions: vec![],
+        });
+        assert!(image.topics.is_empty());
+    }
+}
