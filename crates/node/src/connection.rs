@@ -1,0 +1,221 @@
+//! One client connection: frames in, responses out, in request order.
+//!
+//! The reader splits frames, decodes them and *starts* each request in arrival order (so appends
+//! from one connection hit the log in the order they were sent); the part of a request that waits
+//! (durability, long-poll fetch, a rebalance) runs while later requests are read and started.
+//! The writer sends responses strictly in request order. A bounded channel between the two caps
+//! the requests in flight per connection, which also bounds the memory a client can pin.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, ResponseKind};
+use sluice_protocol::frame::FrameDecoder;
+use sluice_protocol::request::{RequestError, decode_request};
+use sluice_protocol::response::{encode_api_versions_fallback, encode_response};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, watch};
+use tracing::{Instrument, debug, info, warn};
+
+use crate::broker::{Broker, Completion, RequestContext};
+
+/// Requests a single connection may have started but not yet answered.
+pub const MAX_IN_FLIGHT: usize = 64;
+/// Read buffer growth step; frames larger than this are read with one reservation each.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// What the writer must send for one request.
+enum Outgoing {
+    /// A response still being produced.
+    Pending {
+        correlation_id: i32,
+        api_key: ApiKey,
+        version: i16,
+        completion: Completion,
+    },
+    /// Bytes already framed (the KIP-511 fallback).
+    Framed(Bytes),
+}
+
+/// Serves one connection until the client closes it, it misbehaves, or shutdown is signalled.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let span = tracing::info_span!("conn", %peer);
+    async move {
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!("set_nodelay failed: {e}");
+        }
+        let (reader, writer) = stream.into_split();
+        let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
+        let writer_task = tokio::spawn(write_responses(writer, rx).in_current_span());
+        tokio::select! {
+            outcome = read_requests(reader, peer, &broker, tx) => {
+                if let Err(reason) = outcome {
+                    warn!("closing connection: {reason}");
+                }
+            }
+            _ = crate::server::stopped(&mut shutdown) => debug!("closing connection for shutdown"),
+        }
+        // The writer finishes sending what was already started, then sees the channel close.
+        let _ = writer_task.await;
+        debug!("connection closed");
+    }
+    .instrument(span)
+    .await
+}
+
+async fn read_requests(
+    mut reader: OwnedReadHalf,
+    peer: SocketAddr,
+    broker: &Arc<Broker>,
+    tx: mpsc::Sender<Outgoing>,
+) -> Result<(), String> {
+    let frames = FrameDecoder::new(broker.config().socket_request_max_bytes);
+    let idle = Duration::from_millis(broker.config().connections_max_idle_ms);
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        let frame = loop {
+            if let Some(frame) = frames.decode(&mut buf).map_err(|e| e.to_string())? {
+                break frame;
+            }
+            // Reserve for the whole frame at once when its size is known (it was checked
+            // against socket.request.max.bytes), else a chunk.
+            let need = frames
+                .check(&buf)
+                .map_err(|e| e.to_string())?
+                .map_or(READ_CHUNK, |total| total.saturating_sub(buf.len()));
+            buf.reserve(need.max(READ_CHUNK));
+            let read = tokio::time::timeout(idle, reader.read_buf(&mut buf)).await;
+            match read {
+                Err(_) => return Err(format!("idle for {} ms", idle.as_millis())),
+                Ok(Err(e)) => return Err(format!("read failed: {e}")),
+                Ok(Ok(0)) if buf.is_empty() => return Ok(()),
+                Ok(Ok(0)) => return Err(format!("client closed mid-frame ({} bytes)", buf.len())),
+                Ok(Ok(_)) => {}
+            }
+        };
+        let outgoing = match decode_request(frame, broker.api_table()) {
+            Ok(request) => {
+                let correlation_id = request.header.correlation_id;
+                let api_key = request.api_key;
+                let version = request.version();
+                let ctx = RequestContext {
+                    client_id: request
+                        .header
+                        .client_id
+                        .as_ref()
+                        .map(|s| s.to_string())
+                        .unwrap_or_default(),
+                    peer,
+                };
+                let span =
+                    tracing::debug_span!("req", api = ?api_key, v = version, corr = correlation_id);
+                let completion = broker.start(request, ctx).instrument(span).await;
+                Outgoing::Pending {
+                    correlation_id,
+                    api_key,
+                    version,
+                    completion,
+                }
+            }
+            Err(RequestError::UnsupportedVersion {
+                api_key: ApiKey::ApiVersions,
+                prefix,
+            }) => {
+                // KIP-511: answer in v0 so the client can pick a version we support.
+                let mut out = BytesMut::new();
+                encode_api_versions_fallback(&mut out, prefix.correlation_id, broker.api_table())
+                    .map_err(|e| e.to_string())?;
+                Outgoing::Framed(out.freeze())
+            }
+            Err(e) => return Err(format!("unanswerable request: {e}")),
+        };
+        if tx.send(outgoing).await.is_err() {
+            return Err("response writer stopped".into());
+        }
+    }
+}
+
+async fn write_responses(mut writer: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>) {
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    let mut next = rx.recv().await;
+    while let Some(item) = next.take() {
+        if !append_response(&mut out, item).await {
+            return;
+        }
+        // Coalesce responses that are already complete into one write, but never hold a
+        // finished response back while a later one is still waiting.
+        while out.len() < 1 << 20 {
+            match rx.try_recv() {
+                Ok(item) if item.is_ready() => {
+                    if !append_response(&mut out, item).await {
+                        return;
+                    }
+                }
+                Ok(item) => {
+                    next = Some(item);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if !out.is_empty() {
+            if let Err(e) = writer.write_all(&out).await {
+                info!("write failed, dropping connection: {e}");
+                return;
+            }
+            out.clear();
+            if out.capacity() > 4 << 20 {
+                // A big fetch response should not pin its buffer for the life of the connection.
+                out = BytesMut::with_capacity(64 * 1024);
+            }
+        }
+        if next.is_none() {
+            next = rx.recv().await;
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+impl Outgoing {
+    fn is_ready(&self) -> bool {
+        match self {
+            Outgoing::Framed(_) => true,
+            Outgoing::Pending { completion, .. } => completion.is_ready(),
+        }
+    }
+}
+
+/// Appends one response to `out`. Returns false when the connection must close: a response
+/// that cannot be encoded is a broker bug, and closing lets the client retry at once instead of
+/// waiting for its request timeout.
+async fn append_response(out: &mut BytesMut, item: Outgoing) -> bool {
+    match item {
+        Outgoing::Framed(bytes) => out.extend_from_slice(&bytes),
+        Outgoing::Pending {
+            correlation_id,
+            api_key,
+            version,
+            completion,
+        } => {
+            let body: Option<Box<ResponseKind>> = completion.finish().await;
+            if let Some(body) = body {
+                let mark = out.len();
+                if let Err(e) = encode_response(out, correlation_id, api_key, version, &body) {
+                    tracing::error!("{e}; closing the connection");
+                    out.truncate(mark);
+                    return false;
+                }
+            }
+        }
+    }
+    true
+}

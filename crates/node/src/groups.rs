@@ -1,0 +1,340 @@
+//! The runtime around the sans-IO group coordinator: one task owns the [`GroupCoordinator`],
+//! feeds it requests and time, and performs its effects (replies, appends to
+//! `__consumer_offsets`).
+//!
+//! Appends are made by the task itself, in the order the coordinator emits them (so one
+//! partition's records keep their order); waiting for them to be durable happens off the task,
+//! which hears back through its own queue.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::{RequestKind, ResponseKind};
+use sluice_coordinator::{
+    AppendId, Effect, GroupConfig, GroupCoordinator, ReplyToken, Request, Response, codes,
+};
+use sluice_protocol::records::{NewRecord, ProducerInfo, build_batch, read_records};
+use sluice_replication::partition::Acks;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::{Duration, Instant};
+use tracing::{debug, error, info, warn};
+
+use crate::broker::{Completion, RequestContext};
+use crate::cluster::{Cluster, OFFSETS_TOPIC};
+use crate::config::BrokerConfig;
+use crate::handlers::now_ms;
+
+/// Requests queued for the coordinator task; a full queue pushes back on connections.
+const QUEUE: usize = 1024;
+
+enum Command {
+    Request {
+        request: Box<Request>,
+        version: i16,
+        client_id: String,
+        client_host: String,
+        reply: oneshot::Sender<Response>,
+    },
+    AppendDone {
+        id: AppendId,
+        result: Result<(), i16>,
+    },
+    Stop,
+}
+
+/// Consumer groups on this node.
+pub struct Groups {
+    tx: mpsc::Sender<Command>,
+    task: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    partitions: i32,
+}
+
+impl Groups {
+    /// Creates `__consumer_offsets` if needed, replays it, and starts the coordinator task.
+    pub async fn start(config: &BrokerConfig, cluster: Arc<Cluster>) -> anyhow::Result<Groups> {
+        let mut topic_configs = BTreeMap::new();
+        topic_configs.insert("cleanup.policy".to_string(), "compact".to_string());
+        topic_configs.insert(
+            "segment.bytes".to_string(),
+            config.offsets_topic_segment_bytes.to_string(),
+        );
+        cluster
+            .ensure_internal_topic(
+                OFFSETS_TOPIC,
+                config.offsets_topic_num_partitions,
+                topic_configs,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot create {OFFSETS_TOPIC}: {}", e.message))?;
+        // The topic's partition count is fixed at creation; a later change of the setting must
+        // not move groups away from their records.
+        let partitions = cluster
+            .image()
+            .topics
+            .get(OFFSETS_TOPIC)
+            .map_or(config.offsets_topic_num_partitions, |t| {
+                t.partitions.len() as i32
+            });
+        let group_config = GroupConfig {
+            group_min_session_timeout_ms: config.group_setting("group.min.session.timeout.ms")
+                as i32,
+            group_max_session_timeout_ms: config.group_setting("group.max.session.timeout.ms")
+                as i32,
+            group_max_size: config.group_setting("group.max.size") as usize,
+            group_initial_rebalance_delay_ms: config
+                .group_setting("group.initial.rebalance.delay.ms")
+                as i32,
+            offset_metadata_max_bytes: config.group_setting("offset.metadata.max.bytes") as usize,
+            offsets_retention_minutes: config.group_setting("offsets.retention.minutes"),
+            offsets_retention_check_interval_ms: config
+                .group_setting("offsets.retention.check.interval.ms"),
+        };
+        let seed = uuid::Uuid::new_v4().as_u64_pair().0;
+        let mut coordinator = GroupCoordinator::new(group_config, partitions, seed);
+        let loaded = {
+            let cluster = cluster.clone();
+            tokio::task::spawn_blocking(move || {
+                replay(&cluster, &mut coordinator, partitions).map(|n| (coordinator, n))
+            })
+            .await??
+        };
+        let (coordinator, records) = loaded;
+        info!(
+            partitions,
+            records, "consumer groups loaded from {OFFSETS_TOPIC}"
+        );
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let runtime = Runtime {
+            coordinator,
+            cluster,
+            waiting: HashMap::new(),
+            next_token: 0,
+            tx: tx.clone(),
+        };
+        let task = tokio::spawn(runtime.run(rx));
+        Ok(Groups {
+            tx,
+            task: tokio::sync::Mutex::new(Some(task)),
+            partitions,
+        })
+    }
+
+    /// Partitions of `__consumer_offsets` (for FindCoordinator).
+    pub fn offsets_partitions(&self) -> i32 {
+        self.partitions
+    }
+
+    /// Starts a group request; the answer comes when the coordinator replies.
+    pub fn start_request(
+        &self,
+        body: RequestKind,
+        version: i16,
+        ctx: &RequestContext,
+    ) -> Completion {
+        let Ok(request) = Request::try_from(body) else {
+            error!("a non-group request was routed to the group coordinator");
+            return Completion::Ready(None);
+        };
+        let (reply, rx) = oneshot::channel();
+        let command = Command::Request {
+            request: Box::new(request),
+            version,
+            client_id: ctx.client_id.clone(),
+            client_host: format!("/{}", ctx.peer.ip()),
+            reply,
+        };
+        let tx = self.tx.clone();
+        Completion::Later(Box::pin(async move {
+            if tx.send(command).await.is_err() {
+                return None;
+            }
+            rx.await.ok().map(|r| Box::new(ResponseKind::from(r)))
+        }))
+    }
+
+    /// Stops the coordinator task; parked requests are dropped with their connections.
+    pub async fn shutdown(&self) {
+        let _ = self.tx.send(Command::Stop).await;
+        if let Some(task) = self.task.lock().await.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Replays every partition of `__consumer_offsets` into the coordinator. Returns the number of
+/// records read.
+fn replay(
+    cluster: &Cluster,
+    coordinator: &mut GroupCoordinator,
+    partitions: i32,
+) -> anyhow::Result<usize> {
+    let now = now_ms();
+    let mut total = 0;
+    for p in 0..partitions {
+        let Some(partition) = cluster.partition(OFFSETS_TOPIC, p) else {
+            anyhow::bail!("{OFFSETS_TOPIC}-{p} is missing");
+        };
+        coordinator.begin_load(p);
+        let mut offset = partition.log_start_offset();
+        let end = partition.high_watermark();
+        while offset < end {
+            let chunk = partition
+                .read(offset, 1 << 20, true)
+                .map_err(|e| anyhow::anyhow!("reading {OFFSETS_TOPIC}-{p} at {offset}: {e}"))?;
+            if chunk.is_empty() {
+                break;
+            }
+            for batch in sluice_protocol::batch::iter_batches(&chunk) {
+                let (header, bytes) =
+                    batch.map_err(|e| anyhow::anyhow!("{OFFSETS_TOPIC}-{p}: {e}"))?;
+                offset = header.last_offset() + 1;
+                let records = match read_records(bytes) {
+                    Ok((_, records)) => records,
+                    Err(e) => {
+                        warn!(
+                            partition = p,
+                            offset = header.base_offset,
+                            "skipping unreadable batch: {e}"
+                        );
+                        continue;
+                    }
+                };
+                for r in records {
+                    total += 1;
+                    let Some(key) = r.key else { continue };
+                    if let Err(e) = coordinator.load_record(p, key, r.value) {
+                        warn!(partition = p, offset = r.offset, "skipping record: {e}");
+                    }
+                }
+            }
+        }
+        // Nothing is waiting yet, so the effects of loading are empty.
+        let _ = coordinator.finish_load(p, now);
+    }
+    Ok(total)
+}
+
+struct Runtime {
+    coordinator: GroupCoordinator,
+    cluster: Arc<Cluster>,
+    waiting: HashMap<ReplyToken, oneshot::Sender<Response>>,
+    next_token: u64,
+    tx: mpsc::Sender<Command>,
+}
+
+impl Runtime {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        loop {
+            let deadline = self.coordinator.next_deadline();
+            let sleep_until = deadline
+                .map(|d| Instant::now() + Duration::from_millis((d - now_ms()).max(0) as u64));
+            let command = tokio::select! {
+                c = rx.recv() => c,
+                _ = async {
+                    match sleep_until {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {
+                    let effects = self.coordinator.tick(now_ms());
+                    self.perform(effects);
+                    continue;
+                }
+            };
+            let effects = match command {
+                None | Some(Command::Stop) => break,
+                Some(Command::Request {
+                    request,
+                    version,
+                    client_id,
+                    client_host,
+                    reply,
+                }) => {
+                    let token = ReplyToken(self.next_token);
+                    self.next_token += 1;
+                    self.waiting.insert(token, reply);
+                    self.coordinator.handle(
+                        token,
+                        version,
+                        *request,
+                        &client_id,
+                        &client_host,
+                        now_ms(),
+                    )
+                }
+                Some(Command::AppendDone { id, result }) => {
+                    self.coordinator.append_done(id, result, now_ms())
+                }
+            };
+            self.perform(effects);
+        }
+        debug!("group coordinator stopped");
+    }
+
+    fn perform(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Reply {
+                    token, response, ..
+                } => {
+                    if let Some(reply) = self.waiting.remove(&token) {
+                        // The client may have gone; nothing to do then.
+                        let _ = reply.send(response);
+                    }
+                }
+                Effect::Append {
+                    id,
+                    partition,
+                    records,
+                } => self.append(id, partition, records),
+            }
+        }
+    }
+
+    fn append(&mut self, id: AppendId, partition: i32, records: Vec<(Bytes, Option<Bytes>)>) {
+        let now = now_ms();
+        let new: Vec<NewRecord<'_>> = records
+            .iter()
+            .map(|(k, v)| NewRecord {
+                key: Some(k),
+                value: v.as_deref(),
+                headers: &[],
+                timestamp: now,
+            })
+            .collect();
+        let batch = Bytes::from(build_batch(&new, ProducerInfo::NONE));
+        let tx = self.tx.clone();
+        let Some(target) = self.cluster.partition(OFFSETS_TOPIC, partition) else {
+            let _ = tx.try_send(Command::AppendDone {
+                id,
+                result: Err(codes::NOT_LEADER_OR_FOLLOWER),
+            });
+            return;
+        };
+        match target.append(batch, Acks::All, now) {
+            Ok(pending) => {
+                tokio::spawn(async move {
+                    let result = pending.acknowledged().await.map(|_| ()).map_err(|e| {
+                        warn!(partition, "offsets append not acknowledged: {e}");
+                        e.error_code()
+                    });
+                    let _ = tx.send(Command::AppendDone { id, result }).await;
+                });
+            }
+            Err(e) => {
+                warn!(partition, "offsets append refused: {e}");
+                let code = e.error_code();
+                tokio::spawn(async move {
+                    let _ = tx
+                        .send(Command::AppendDone {
+                            id,
+                            result: Err(code),
+                        })
+                        .await;
+                });
+            }
+        }
+    }
+}
