@@ -13,7 +13,6 @@ use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use sluice_storage::{AppendError, AppendOutcome, PartitionLog, ReadError, StorageError};
 use tokio::sync::watch;
-use tracing::warn;
 
 /// Why a produce to this partition failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,9 +66,9 @@ pub struct Partition {
 impl Partition {
     /// Wraps an open log as the leader replica at `leader_epoch`.
     pub fn new(topic: &str, index: i32, log: Arc<PartitionLog>, leader_epoch: i32) -> Self {
-        // With a single replica everything in the log is committed once durable; bring the high
-        // watermark up to what survived recovery.
-        log.set_high_watermark(log.durable_offset().max(log.high_watermark()));
+        // With a single replica a write is committed once durable: the log moves the high
+        // watermark itself after each fsync (and now, up to what survived recovery).
+        log.set_high_watermark_follows_durable(true);
         Partition {
             topic: topic.to_string(),
             index,
@@ -139,15 +138,6 @@ impl Partition {
         if !sync {
             // Durability is the page cache's: committed as soon as it is written.
             self.log.set_high_watermark(outcome.last_offset + 1);
-        } else if acks == Acks::None && !outcome.duplicate {
-            // Nobody will wait on this append, but the high watermark must still reach it.
-            let partition = self.clone();
-            let end = outcome.last_offset + 1;
-            tokio::spawn(async move {
-                if let Err(e) = partition.commit(end).await {
-                    warn!(topic = %partition.topic, partition = partition.index, "acks=0 append not made durable: {e}");
-                }
-            });
         }
         Ok(PendingAppend {
             partition: self.clone(),
@@ -156,11 +146,10 @@ impl Partition {
         })
     }
 
-    /// Waits until everything below `end` is durable, then moves the high watermark there.
+    /// Waits until everything below `end` is durable; the log has moved the high watermark
+    /// past it by then.
     async fn commit(&self, end: i64) -> Result<(), StorageError> {
-        self.log.wait_durable(end).await?;
-        self.log.set_high_watermark(end);
-        Ok(())
+        self.log.wait_durable(end).await
     }
 
     /// Reads whole batches from `offset`, below the high watermark.

@@ -108,6 +108,8 @@ pub(crate) struct Inner {
     durable: AtomicI64,
     durable_tx: watch::Sender<i64>,
     hw_tx: watch::Sender<i64>,
+    /// Single-replica mode: every fsync pass moves the high watermark to what it made durable.
+    hw_follows_durable: AtomicBool,
     closed: AtomicBool,
     failure: Mutex<Option<String>>,
     pub(crate) flush_queued: AtomicBool,
@@ -169,6 +171,7 @@ impl PartitionLog {
             log_end: AtomicI64::new(leo),
             durable: AtomicI64::new(leo),
             durable_tx,
+            hw_follows_durable: AtomicBool::new(false),
             hw_tx,
             state: Mutex::new(AppendState {
                 producers: recovered.producers,
@@ -328,15 +331,19 @@ impl PartitionLog {
     /// Moves the high watermark forward (never back), clamped to the log end; wakes
     /// [`PartitionLog::subscribe`] watchers.
     pub fn set_high_watermark(&self, hw: i64) {
-        let hw = hw.min(self.log_end_offset());
-        self.inner.hw_tx.send_if_modified(|cur| {
-            if hw > *cur {
-                *cur = hw;
-                true
-            } else {
-                false
-            }
-        });
+        self.inner.advance_high_watermark(hw);
+    }
+
+    /// For a partition with a single replica: from now on every fsync moves the high watermark
+    /// to the offset it made durable, before waking `wait_durable`, so an acknowledged write is
+    /// always visible and the watermark never depends on anyone awaiting an acknowledgement.
+    pub fn set_high_watermark_follows_durable(&self, follow: bool) {
+        self.inner
+            .hw_follows_durable
+            .store(follow, Ordering::Release);
+        if follow {
+            self.inner.advance_high_watermark(self.durable_offset());
+        }
     }
 
     /// High watermark changes (for long-polling fetches).
@@ -717,6 +724,19 @@ impl Inner {
         }
     }
 
+    /// Monotonic, clamped to the log end; wakes `subscribe()` watchers.
+    fn advance_high_watermark(&self, hw: i64) {
+        let hw = hw.min(self.log_end.load(Ordering::Acquire));
+        self.hw_tx.send_if_modified(|cur| {
+            if hw > *cur {
+                *cur = hw;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
     /// Caller holds `flush_lock`.
     fn sync_unsynced(&self) -> io::Result<()> {
         if lock(&self.failure).is_some() {
@@ -731,6 +751,9 @@ impl Inner {
         };
         for s in &dirty {
             s.sync()?;
+        }
+        if self.hw_follows_durable.load(Ordering::Acquire) {
+            self.advance_high_watermark(target);
         }
         if self.durable.fetch_max(target, Ordering::AcqRel) < target {
             self.durable_tx.send_if_modified(|d| {

@@ -95,3 +95,25 @@ fn waiting_past_the_end_of_a_closed_log_fails() {
         Some(56)
     );
 }
+
+#[test]
+fn high_watermark_follows_durability_only_when_asked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = PartitionLog::open(dir.path(), "t", 0, LogConfig::default()).expect("open");
+    let out = log.append(batch_of(3, 10, 0, 0), 0, 0).expect("append");
+    log.wait_durable_blocking(out.last_offset + 1)
+        .expect("durable");
+    // The caller owns the high watermark by default (Raft will set it to the commit index).
+    assert_eq!(log.high_watermark(), 0);
+    log.set_high_watermark_follows_durable(true);
+    assert_eq!(
+        log.high_watermark(),
+        3,
+        "catches up with what is already durable"
+    );
+    let out = log.append(batch_of(2, 10, 1, 0), 0, 0).expect("append");
+    log.wait_durable_blocking(out.last_offset + 1)
+        .expect("durable");
+    // Set before durability is announced: an acknowledged write is already visible.
+    assert_eq!(log.high_watermark(), 5);
+}
