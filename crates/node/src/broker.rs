@@ -100,6 +100,8 @@ pub struct Broker {
     pub cluster: Arc<Cluster>,
     /// Consumer groups and committed offsets.
     pub groups: Groups,
+    /// queued.max.request.bytes, in KiB permits.
+    request_memory: Arc<tokio::sync::Semaphore>,
 }
 
 impl Broker {
@@ -107,7 +109,9 @@ impl Broker {
     pub async fn open(config: BrokerConfig) -> anyhow::Result<Arc<Broker>> {
         let cluster = Cluster::open(&config).await?;
         let groups = Groups::start(&config, cluster.clone()).await?;
+        let budget_kib = config.queued_max_request_bytes.div_ceil(1024);
         Ok(Arc::new(Broker {
+            request_memory: Arc::new(tokio::sync::Semaphore::new(budget_kib)),
             api_table: ApiTable::new(implemented_apis()),
             config,
             cluster,
@@ -118,6 +122,19 @@ impl Broker {
     /// The node's configuration.
     pub fn config(&self) -> &BrokerConfig {
         &self.config
+    }
+
+    /// Waits until `bytes` of request memory are free in the broker-wide budget
+    /// (`queued.max.request.bytes`); the permit gives them back when dropped.
+    pub async fn reserve_request_memory(&self, bytes: usize) -> tokio::sync::OwnedSemaphorePermit {
+        // A frame is never larger than the whole budget (checked at start-up), so this always
+        // completes once enough requests have been answered.
+        let kib = bytes.div_ceil(1024).max(1) as u32;
+        match self.request_memory.clone().acquire_many_owned(kib).await {
+            Ok(permit) => permit,
+            // The semaphore is never closed.
+            Err(_) => unreachable!("the request memory semaphore is never closed"),
+        }
     }
 
     /// The APIs and versions advertised in ApiVersions.

@@ -34,6 +34,11 @@ const NODE_KEYS: &[(&str, &str, &str)] = &[
         "Largest request frame accepted; larger frames close the connection.",
     ),
     (
+        "queued.max.request.bytes",
+        "536870912",
+        "Request bytes held in memory at once across all connections; readers wait beyond it.",
+    ),
+    (
         "max.connections",
         "10000",
         "Client connections accepted at once; more are refused.",
@@ -132,6 +137,8 @@ pub struct BrokerConfig {
     pub default_replication_factor: i16,
     /// `socket.request.max.bytes`.
     pub socket_request_max_bytes: usize,
+    /// `queued.max.request.bytes`.
+    pub queued_max_request_bytes: usize,
     /// `max.connections`.
     pub max_connections: usize,
     /// `connections.max.idle.ms`.
@@ -236,6 +243,12 @@ impl BrokerConfig {
                 1024,
                 i32::MAX as i64,
             )? as usize,
+            queued_max_request_bytes: parse_int(
+                "queued.max.request.bytes",
+                get("queued.max.request.bytes"),
+                1024,
+                i64::MAX / 2,
+            )? as usize,
             max_connections: parse_int(
                 "max.connections",
                 get("max.connections"),
@@ -278,6 +291,13 @@ impl BrokerConfig {
         )?;
         for (key, ..) in GROUP_KEYS {
             parse_int(key, get(key), 0, i64::MAX)?;
+        }
+        if config.queued_max_request_bytes < config.socket_request_max_bytes + 4 {
+            bail!(
+                "queued.max.request.bytes ({}) must hold at least one frame of socket.request.max.bytes ({})",
+                config.queued_max_request_bytes,
+                config.socket_request_max_bytes
+            );
         }
         Ok(config)
     }
@@ -387,5 +407,9 @@ mod tests {
         assert!(config(&["num.partitions=zero"]).is_err());
         assert!(config(&["auto.create.topics.enable=yes"]).is_err());
         assert!(config(&["socket.request.max.bytes"]).is_err());
+        assert!(
+            config(&["queued.max.request.bytes=1048576"]).is_err(),
+            "smaller than one frame"
+        );
     }
 }

@@ -18,7 +18,7 @@ use sluice_protocol::response::{encode_api_versions_fallback, encode_response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tracing::{Instrument, debug, info, warn};
 
 use crate::broker::{Broker, Completion, RequestContext};
@@ -36,6 +36,8 @@ enum Outgoing {
         api_key: ApiKey,
         version: i16,
         completion: Completion,
+        /// The request's share of queued.max.request.bytes, returned once it is answered.
+        _memory: OwnedSemaphorePermit,
     },
     /// Bytes already framed (the KIP-511 fallback).
     Framed(Bytes),
@@ -81,17 +83,30 @@ async fn read_requests(
     let frames = FrameDecoder::new(broker.config().socket_request_max_bytes);
     let idle = Duration::from_millis(broker.config().connections_max_idle_ms);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    // Memory reserved from the broker-wide request budget for the frame being read.
+    let mut reserved: Option<OwnedSemaphorePermit> = None;
     loop {
-        let frame = loop {
+        let (frame, permit) = loop {
             if let Some(frame) = frames.decode(&mut buf).map_err(|e| e.to_string())? {
-                break frame;
+                let permit = match reserved.take() {
+                    Some(p) => p,
+                    None => broker.reserve_request_memory(frame.len()).await,
+                };
+                break (frame, permit);
             }
             // Reserve for the whole frame at once when its size is known (it was checked
-            // against socket.request.max.bytes), else a chunk.
-            let need = frames
-                .check(&buf)
-                .map_err(|e| e.to_string())?
-                .map_or(READ_CHUNK, |total| total.saturating_sub(buf.len()));
+            // against socket.request.max.bytes), else a chunk. A large frame first waits for
+            // its share of queued.max.request.bytes, so many clients sending big requests at
+            // once cannot exhaust memory.
+            let need = match frames.check(&buf).map_err(|e| e.to_string())? {
+                Some(total) => {
+                    if total > READ_CHUNK && reserved.is_none() {
+                        reserved = Some(broker.reserve_request_memory(total).await);
+                    }
+                    total.saturating_sub(buf.len())
+                }
+                None => READ_CHUNK,
+            };
             buf.reserve(need.max(READ_CHUNK));
             let read = tokio::time::timeout(idle, reader.read_buf(&mut buf)).await;
             match read {
@@ -124,6 +139,7 @@ async fn read_requests(
                     api_key,
                     version,
                     completion,
+                    _memory: permit,
                 }
             }
             Err(RequestError::UnsupportedVersion {
@@ -205,6 +221,7 @@ async fn append_response(out: &mut BytesMut, item: Outgoing) -> bool {
             api_key,
             version,
             completion,
+            ..
         } => {
             let body: Option<Box<ResponseKind>> = completion.finish().await;
             if let Some(body) = body {

@@ -155,3 +155,36 @@ async fn work_behind_a_long_poll_is_done_at_once_and_answered_in_order() {
     assert_eq!(conn.receive(ApiKey::ApiVersions, 3).await.0, version_corr);
     node.stop().await;
 }
+
+#[tokio::test]
+async fn big_requests_beyond_the_memory_budget_wait_their_turn() {
+    // Room for two 900 KB requests at a time; six connections send one each at once.
+    let node = TestNode::start(&[
+        ("queued.max.request.bytes", "2097152"),
+        ("socket.request.max.bytes", "1048576"),
+        ("message.max.bytes", "1000000"),
+    ])
+    .await;
+    create(&node, "budget").await;
+    let value = vec![7u8; 900_000];
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let mut conn = node.connect().await;
+        let request = produce("budget", &value);
+        tasks.push(tokio::spawn(async move {
+            conn.call(ApiKey::Produce, 9, request).await
+        }));
+    }
+    let mut offsets = Vec::new();
+    for t in tasks {
+        let ResponseKind::Produce(r) = t.await.expect("task") else {
+            panic!("wrong kind")
+        };
+        let p = &r.responses[0].partition_responses[0];
+        assert_eq!(p.error_code, 0);
+        offsets.push(p.base_offset);
+    }
+    offsets.sort_unstable();
+    assert_eq!(offsets, (0..6).collect::<Vec<i64>>());
+    node.stop().await;
+}
