@@ -200,6 +200,14 @@ impl GroupCoordinator {
         self.take_effects()
     }
 
+    /// Topics were deleted: their committed offsets are removed and tombstoned in every group
+    /// (groups left Empty with nothing are deleted), as Kafka does.
+    pub fn topics_deleted(&mut self, topics: &[String], now_ms: i64) -> Vec<Effect> {
+        self.now = now_ms;
+        self.remove_topics(topics);
+        self.take_effects()
+    }
+
     /// When `tick` must next be called (absolute ms), if any timer is armed.
     pub fn next_deadline(&self) -> Option<i64> {
         self.timers.next()

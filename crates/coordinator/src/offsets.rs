@@ -549,16 +549,37 @@ impl GroupCoordinator {
     pub(crate) fn expire_offsets(&mut self) {
         let retention = self.config.offsets_retention_ms();
         let now = self.now;
+        self.remove_offsets_where("expiring offsets", |group| {
+            expired_offsets(group, now, retention)
+        });
+    }
+
+    /// Offsets of deleted topics go, as Kafka's coordinator drops the offsets of deleted
+    /// partitions; groups left Empty with nothing are deleted.
+    pub(crate) fn remove_topics(&mut self, topics: &[String]) {
+        self.remove_offsets_where("dropping offsets of deleted topics", |group| {
+            group
+                .offsets
+                .keys()
+                .chain(group.pending_commits.keys())
+                .filter(|(topic, _)| topics.contains(topic))
+                .cloned()
+                .collect()
+        });
+    }
+
+    /// Removes, in every group, the offsets `select` picks, and appends their tombstones.
+    fn remove_offsets_where(&mut self, what: &str, select: impl Fn(&Group) -> Vec<TopicPartition>) {
         let ids: Vec<String> = self.groups.keys().cloned().collect();
         let mut by_partition: BTreeMap<i32, Vec<OffsetsRecord>> = BTreeMap::new();
         for id in ids {
             let Some(mut group) = self.groups.remove(&id) else {
                 continue;
             };
-            let expired = expired_offsets(&group, now, retention);
-            let records = self.remove_offsets(&mut group, &expired);
+            let selected = select(&group);
+            let records = self.remove_offsets(&mut group, &selected);
             if !records.is_empty() {
-                tracing::debug!(group = %id, expired = expired.len(), "expiring offsets");
+                tracing::debug!(group = %id, partitions = selected.len(), "{what}");
                 by_partition
                     .entry(self.partition_for(&id))
                     .or_default()

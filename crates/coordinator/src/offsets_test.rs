@@ -410,3 +410,43 @@ fn stable_consumer_group_expires_only_unsubscribed_topics() {
         vec![("t".into(), 0, 1, String::new(), NONE)]
     );
 }
+
+#[test]
+fn deleting_a_topic_drops_its_offsets_in_every_group() {
+    let mut h = Harness::quick();
+    // An admin-style commit (generation -1, no member) for two groups and two topics.
+    for g in ["g1", "g2"] {
+        let t = h.commit(
+            g,
+            "",
+            -1,
+            &[
+                ("gone", 0, 5, None),
+                ("gone", 1, 6, None),
+                ("kept", 0, 9, None),
+            ],
+        );
+        assert_eq!(commit_errors(h.commit_resp(t)), vec![NONE, NONE, NONE]);
+    }
+    let log_before: usize = h.log.values().map(Vec::len).sum();
+    let effects = h.c.topics_deleted(&["gone".to_string()], h.now);
+    h.process(effects);
+    for g in ["g1", "g2"] {
+        let rows = h.fetch(g, None);
+        let topics: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+        assert_eq!(
+            topics,
+            vec!["kept"],
+            "{g} still has offsets of the deleted topic"
+        );
+    }
+    // Two tombstones per group were written, so a reload agrees.
+    let tombstones: Vec<_> = h
+        .log
+        .values()
+        .flatten()
+        .filter(|(_, v)| v.is_none())
+        .collect();
+    assert_eq!(tombstones.len(), 4);
+    assert_eq!(h.log.values().map(Vec::len).sum::<usize>(), log_before + 4);
+}

@@ -41,6 +41,7 @@ enum Command {
         id: AppendId,
         result: Result<(), i16>,
     },
+    TopicsDeleted(Vec<String>),
     Stop,
 }
 
@@ -152,6 +153,11 @@ impl Groups {
             }
             rx.await.ok().map(|r| Box::new(ResponseKind::from(r)))
         }))
+    }
+
+    /// Drops the committed offsets of deleted topics from every group, as Kafka does.
+    pub async fn topics_deleted(&self, topics: Vec<String>) {
+        let _ = self.tx.send(Command::TopicsDeleted(topics)).await;
     }
 
     /// Stops the coordinator task; parked requests are dropped with their connections.
@@ -266,6 +272,9 @@ impl Runtime {
                 }
                 Some(Command::AppendDone { id, result }) => {
                     self.coordinator.append_done(id, result, now_ms())
+                }
+                Some(Command::TopicsDeleted(topics)) => {
+                    self.coordinator.topics_deleted(&topics, now_ms())
                 }
             };
             self.perform(effects);

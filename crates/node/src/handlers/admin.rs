@@ -133,6 +133,7 @@ pub(crate) async fn delete_topics(
             .map(|n| (Some(n.0.to_string()), uuid::Uuid::nil()))
             .collect()
     };
+    let mut deleted = Vec::new();
     for (name, id) in targets {
         let mut result = DeletableTopicResult::default();
         let name = match name {
@@ -150,6 +151,11 @@ pub(crate) async fn delete_topics(
                 format!("no topic has id {id}"),
             )),
         };
+        if outcome.is_ok()
+            && let Some(n) = &name
+        {
+            deleted.push(n.clone());
+        }
         result.name = name.map(|n| TopicName(StrBytes::from_string(n)));
         match outcome {
             Ok(deleted_id) if version >= 6 => result.topic_id = deleted_id,
@@ -165,6 +171,9 @@ pub(crate) async fn delete_topics(
             }
         }
         response.responses.push(result);
+    }
+    if !deleted.is_empty() {
+        broker.groups.topics_deleted(deleted).await;
     }
     response
 }
