@@ -104,6 +104,7 @@ def test_garbage_tail_is_truncated_and_acknowledged_data_served(node):
         f.write(bytes(rng.getrandbits(8) for _ in range(4096)))
     node.start()
     assert active.stat().st_size == size, "the garbage tail was not cut off"
+    assert "opened logs after an unclean shutdown" in node.log()
     stored = read_all(node, topic)
     assert stored == [(i, f"g{i}".encode()) for i in range(1000)]
     assert "trunc" in node.log().lower(), "recovery did not say what it cut"

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::{BrokerLogConfig, LogConfig};
 use crate::error::StorageError;
-use crate::partition::PartitionLog;
+use crate::partition::{PartitionLog, RecoveryStats};
 
 /// Directory name suffix of a deleted partition waiting for background removal.
 const DELETE_SUFFIX: &str = ".delete";
@@ -119,7 +119,27 @@ impl LogManager {
             let (topic, partition, log) = r?;
             logs.insert((topic, partition), Arc::new(log));
         }
-        tracing::info!(dir = %data_dir.display(), partitions = logs.len(), "opened logs");
+        let recovered: Vec<&RecoveryStats> = logs
+            .values()
+            .map(|l| l.recovery_stats())
+            .filter(|r| !r.clean_shutdown)
+            .collect();
+        if logs.is_empty() {
+            tracing::info!(dir = %data_dir.display(), "no partition logs yet");
+        } else if recovered.is_empty() {
+            tracing::info!(dir = %data_dir.display(), partitions = logs.len(), "opened logs after a clean shutdown");
+        } else {
+            // What an operator wants after a crash: how much was checked and what was cut.
+            tracing::warn!(
+                dir = %data_dir.display(),
+                partitions = logs.len(),
+                unclean = recovered.len(),
+                batches_scanned = recovered.iter().map(|r| r.batches_scanned).sum::<u64>(),
+                bytes_scanned = recovered.iter().map(|r| r.bytes_scanned).sum::<u64>(),
+                bytes_truncated = recovered.iter().map(|r| r.bytes_truncated).sum::<u64>(),
+                "opened logs after an unclean shutdown: recovered the tails after each recovery point"
+            );
+        }
         Ok(LogManager {
             data_dir: data_dir.to_path_buf(),
             broker,
