@@ -1,18 +1,17 @@
-//! `consume` of batches other clients compressed. kcat (librdkafka 2.0) produces zstd; it will
-//! not compress gzip, snappy or lz4 for a broker that, like Kafka 4.0, no longer advertises
-//! Produce v0-2, so those batches are built here with the same pure-Rust crates the Java and
-//! librdkafka formats are read with (gzip, raw and xerial-framed snappy, LZ4 frame) and sent with
-//! a raw Produce. Either way the stored batches are checked to carry the codec before sluicectl
-//! reads them back.
+//! `consume` of batches other clients compressed. The zstd batch is one kcat (librdkafka 2.0)
+//! produced, kept as a fixture; kcat will not compress gzip, snappy or lz4 for a broker that,
+//! like Kafka 4.0, no longer advertises Produce v0-2, so those batches are built here with the
+//! same pure-Rust crates the Java and librdkafka formats are read with (gzip, raw and
+//! xerial-framed snappy, LZ4 frame). Every batch goes in with a raw Produce, and the stored
+//! batches are checked to carry the codec before sluicectl reads them back.
 
 mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 
 use bytes::{Bytes, BytesMut};
-use common::{TestNode, kcat};
+use common::TestNode;
 use sluice_protocol::batch::{HEADER_LEN, LOG_OVERHEAD, compute_crc, iter_batches};
 use sluice_protocol::client::{decode_response, encode_request};
 use sluice_protocol::kafka_protocol::messages::fetch_request::{
@@ -155,59 +154,41 @@ fn produce_raw(bootstrap: &str, topic: &str, batch: Vec<u8>) {
     );
 }
 
+/// A zstd batch exactly as kcat (librdkafka 2.0.2) produced it: 50 records
+/// "zstd record {i} " + "payload " x 40, piped into `kcat -P -z zstd -X linger.ms=50` and
+/// copied from the segment file it landed in. A fixture rather than a live kcat run, so that
+/// `cargo test` needs nothing installed; proto-tests/test_kcat.py runs kcat itself.
+const KCAT_ZSTD_BATCH: &[u8] = include_bytes!("fixtures/kcat-2.0.2-zstd.batch");
+
 #[test]
 fn zstd_batches_from_kcat_are_read_back() {
     let n = TestNode::start();
-    let kcat = kcat();
     n.ctl(&["topic", "create", "zstd", "-p", "1"]).ok();
     let lines: Vec<String> = (0..50)
         .map(|i| format!("zstd record {i} {}", "payload ".repeat(40)))
         .collect();
-    let mut child = Command::new(kcat)
-        .args([
-            "-P",
-            "-b",
-            &n.bootstrap,
-            "-t",
-            "zstd",
-            "-z",
-            "zstd",
-            "-X",
-            "linger.ms=50",
-        ])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("kcat runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all((lines.join("\n") + "\n").as_bytes())
-        .expect("write");
-    assert!(
-        child.wait().expect("kcat ends").success(),
-        "kcat -z zstd failed"
-    );
+    produce_raw(&n.bootstrap, "zstd", KCAT_ZSTD_BATCH.to_vec());
+    produce_raw(&n.bootstrap, "zstd", KCAT_ZSTD_BATCH.to_vec());
 
     let codecs = stored_codecs(&n.bootstrap, "zstd");
-    assert!(
-        !codecs.is_empty() && codecs.iter().all(|c| *c == 4),
-        "stored codecs {codecs:?}"
-    );
+    assert_eq!(codecs, vec![4, 4], "stored as produced");
     let out = n.ctl(&["consume", "zstd", "--from-beginning"]).ok().stdout;
-    assert_eq!(out.lines().collect::<Vec<_>>(), lines);
+    let twice: Vec<&str> = lines.iter().chain(&lines).map(String::as_str).collect();
+    assert_eq!(out.lines().collect::<Vec<_>>(), twice);
     let first = n
-        .ctl(&["--json", "consume", "zstd", "--from-beginning", "-n", "3"])
+        .ctl(&["--json", "consume", "zstd", "--from-beginning", "-n", "53"])
         .ok()
         .json_lines();
+    let offsets: Vec<i64> = first
+        .iter()
+        .map(|l| l["offset"].as_i64().expect("offset"))
+        .collect();
     assert_eq!(
-        first
-            .iter()
-            .map(|l| l["offset"].as_i64().expect("offset"))
-            .collect::<Vec<_>>(),
-        vec![0, 1, 2]
+        offsets,
+        (0..53).collect::<Vec<i64>>(),
+        "offsets run on into the second batch"
     );
-    assert_eq!(first[2]["value"], lines[2].as_str());
+    assert_eq!(first[52]["value"], lines[2].as_str());
 }
 
 #[test]

@@ -4,11 +4,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{TestNode, kcat, wait_bounded};
+use common::{TestNode, wait_bounded};
 use serde_json::json;
 
 fn keyed_lines(n: usize) -> String {
@@ -26,7 +25,7 @@ fn partitions_by_key(text: &str) -> BTreeMap<String, String> {
 }
 
 #[test]
-fn keyed_round_trip_lands_where_kafkas_partitioner_puts_it() {
+fn keyed_round_trip_spreads_keys_by_partitioner() {
     let n = TestNode::start();
     n.ctl(&["topic", "create", "ours", "-p", "4"]).ok();
     n.ctl(&["topic", "create", "theirs", "-p", "4"]).ok();
@@ -57,27 +56,8 @@ fn keyed_round_trip_lands_where_kafkas_partitioner_puts_it() {
     want.sort_unstable();
     assert_eq!(got, want);
 
-    // librdkafka's murmur2_random partitioner is Kafka's Java default for keyed records.
-    let status = std::process::Command::new(kcat())
-        .args([
-            "-P",
-            "-b",
-            &n.bootstrap,
-            "-t",
-            "theirs",
-            "-K",
-            ":",
-            "-X",
-            "partitioner=murmur2_random",
-        ])
-        .stdin(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            c.stdin.take().expect("stdin").write_all(input.as_bytes())?;
-            c.wait()
-        })
-        .expect("kcat runs");
-    assert!(status.success());
+    // Kafka's default partitioner (murmur2 of the key) is unit-tested against Kafka's own
+    // vectors; proto-tests/test_sluicectl.py checks the placement against librdkafka's.
     let ours = partitions_by_key(
         &n.ctl(&[
             "consume",
@@ -89,19 +69,7 @@ fn keyed_round_trip_lands_where_kafkas_partitioner_puts_it() {
         .ok()
         .stdout,
     );
-    let theirs = partitions_by_key(
-        &n.ctl(&[
-            "consume",
-            "theirs",
-            "--from-beginning",
-            "--format",
-            "%k %p\\n",
-        ])
-        .ok()
-        .stdout,
-    );
     assert_eq!(ours.len(), 40);
-    assert_eq!(ours, theirs, "same key, same partition as a Kafka client");
     let used: std::collections::BTreeSet<&String> = ours.values().collect();
     assert_eq!(used.len(), 4, "40 keys spread over all 4 partitions");
 }

@@ -223,20 +223,6 @@ pub fn row_of(text: &str, first: &str) -> Vec<String> {
         .unwrap_or_else(|| panic!("no row starting with {first:?} in:\n{text}"))
 }
 
-/// `kcat` must be installed for the cross-client tests: CI installs it; fail loudly without it.
-pub fn kcat() -> &'static str {
-    let found = Command::new("kcat")
-        .arg("-V")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    assert!(
-        found.is_ok_and(|s| s.success()),
-        "kcat is not on PATH: install it (apt-get install kcat) to run the cross-client tests"
-    );
-    "kcat"
-}
-
 /// Waits for a child's exit and output, at most `limit`; past it the child is killed and the
 /// test fails instead of hanging.
 pub fn wait_bounded(child: Child, limit: Duration) -> Output {
