@@ -185,3 +185,27 @@ def test_size_retention_keeps_the_newest_data(node_factory):
     assert stored[-1] == (1999, b"01999" * 10)
     first = stored[0][0]
     assert first > 0 and [o for o, _ in stored] == list(range(first, 2000))
+
+
+def test_a_damaged_metadata_store_costs_no_partition_data(node):
+    topic = "dur-meta"
+    make_topic(node, topic, partitions=2)
+    p = Producer({"bootstrap.servers": node.bootstrap, "acks": "all", "enable.idempotence": True})
+    for i in range(200):
+        p.produce(topic, value=f"m{i}".encode(), partition=i % 2)
+    assert p.flush(30) == 0
+    node.kill9()
+    # sled refuses to open a store whose config file is garbage.
+    conf = node.data_dir / "meta" / "sled" / "conf"
+    assert conf.is_file()
+    conf.write_bytes(b"not a sled config")
+    node.start()
+    assert "moved aside" in node.log()
+    assert [v for _, v in read_all(node, topic, 0)] == [f"m{i}".encode() for i in range(0, 200, 2)]
+    assert [v for _, v in read_all(node, topic, 1)] == [f"m{i}".encode() for i in range(1, 200, 2)]
+    # A new idempotent producer gets an id no partition has seen, so its sequence 0 is fine.
+    p2 = Producer({"bootstrap.servers": node.bootstrap, "acks": "all", "enable.idempotence": True})
+    for i in range(10):
+        p2.produce(topic, value=b"after", partition=0)
+    assert p2.flush(30) == 0
+    assert [v for _, v in read_all(node, topic, 0)][-10:] == [b"after"] * 10

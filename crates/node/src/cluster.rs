@@ -155,6 +155,22 @@ impl Cluster {
                 .context("cannot open the metadata store")?,
         );
         let store_was_reset = store.damaged().is_some();
+        if store_was_reset {
+            // The producer-id counter went with the damaged store, but partitions still hold
+            // idempotence state for the ids it handed out; restarting at 0 would give a new
+            // producer an id whose old sequence numbers make its first batch look out of order.
+            // Skip far past anything a counter could have reached: the current time in ms.
+            let skip = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1 << 40, |d| d.as_millis() as i64);
+            store
+                .allocate_producer_ids(skip)
+                .context("cannot move the producer-id counter past old ids")?;
+            warn!(
+                next_producer_id = skip,
+                "metadata store was reset: producer ids restart past every id handed out before"
+            );
+        }
         let mut log_defaults = config.log.clone();
         let dynamic = load_dynamic_configs(&store)?;
         for (k, v) in &dynamic {
