@@ -47,8 +47,16 @@ impl Completion {
         Completion::Later(Box::pin(async move { Some(Box::new(f.await)) }))
     }
 
-    /// True when the response needs no more waiting.
-    pub fn is_ready(&self) -> bool {
+    /// True when the response needs no more waiting. A deferred response is polled once
+    /// (without registering interest), so one that has just finished, e.g. a produce whose
+    /// fsync completed with the previous one, counts as ready and goes out in the same write.
+    pub fn is_ready(&mut self) -> bool {
+        if let Completion::Later(f) = self {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            if let std::task::Poll::Ready(response) = f.as_mut().poll(&mut cx) {
+                *self = Completion::Ready(response);
+            }
+        }
         matches!(self, Completion::Ready(_))
     }
 

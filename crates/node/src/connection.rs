@@ -170,17 +170,13 @@ async fn write_responses(mut writer: OwnedWriteHalf, mut rx: mpsc::Receiver<Outg
         // Coalesce responses that are already complete into one write, but never hold a
         // finished response back while a later one is still waiting.
         while out.len() < 1 << 20 {
-            match rx.try_recv() {
-                Ok(item) if item.is_ready() => {
-                    if !append_response(&mut out, item).await {
-                        return;
-                    }
-                }
-                Ok(item) => {
-                    next = Some(item);
-                    break;
-                }
-                Err(_) => break,
+            let Ok(mut item) = rx.try_recv() else { break };
+            if !item.is_ready() {
+                next = Some(item);
+                break;
+            }
+            if !append_response(&mut out, item).await {
+                return;
             }
         }
         if !out.is_empty() {
@@ -202,7 +198,7 @@ async fn write_responses(mut writer: OwnedWriteHalf, mut rx: mpsc::Receiver<Outg
 }
 
 impl Outgoing {
-    fn is_ready(&self) -> bool {
+    fn is_ready(&mut self) -> bool {
         match self {
             Outgoing::Framed(_) => true,
             Outgoing::Pending { completion, .. } => completion.is_ready(),
