@@ -269,9 +269,15 @@ pub fn verify_stored_batch(batch: &[u8]) -> Result<BatchHeader, BatchError> {
 /// Walks the length prefixes of an uncompressed records area without decoding the records.
 fn count_uncompressed_records(mut records: &[u8], expected: i32) -> Result<(), BatchError> {
     let mut count = 0i32;
-    while !records.is_empty() {
-        let (len, used) = read_varint(records)
-            .ok_or_else(|| BatchError::Invalid(format!("record {count} has a malformed length")))?;
+    while let Some(&first) = records.first() {
+        // Records under 64 bytes have a one-byte length: decode it inline, the rest the long way.
+        let (len, used) = if first & 0x80 == 0 {
+            (((first >> 1) as i32) ^ -((first & 1) as i32), 1)
+        } else {
+            read_varint(records).ok_or_else(|| {
+                BatchError::Invalid(format!("record {count} has a malformed length"))
+            })?
+        };
         if len < 0 || (len as u64) > (records.len() - used) as u64 {
             return Err(BatchError::Invalid(format!(
                 "record {count} claims {len} bytes, {} remain",
