@@ -270,9 +270,13 @@ pub fn verify_stored_batch(batch: &[u8]) -> Result<BatchHeader, BatchError> {
 fn count_uncompressed_records(mut records: &[u8], expected: i32) -> Result<(), BatchError> {
     let mut count = 0i32;
     while let Some(&first) = records.first() {
-        // Records under 64 bytes have a one-byte length: decode it inline, the rest the long way.
+        // Lengths under 8 KiB take one or two bytes: decode those inline, the rest the long way.
+        let second = records.get(1).copied().unwrap_or(0x80);
         let (len, used) = if first & 0x80 == 0 {
             (((first >> 1) as i32) ^ -((first & 1) as i32), 1)
+        } else if second & 0x80 == 0 {
+            let raw = ((first & 0x7f) as u32) | ((second as u32) << 7);
+            (((raw >> 1) as i32) ^ -((raw & 1) as i32), 2)
         } else {
             read_varint(records).ok_or_else(|| {
                 BatchError::Invalid(format!("record {count} has a malformed length"))
@@ -410,6 +414,22 @@ mod tests {
         assert_eq!(h.producer_id, 7);
         assert_eq!(h.last_sequence(), 12);
         assert_eq!(h.size(), b.len());
+    }
+
+    #[test]
+    fn record_lengths_of_one_two_and_three_varint_bytes_are_walked() {
+        let small = [1u8; 10];
+        let medium = [2u8; 100];
+        let large = [3u8; 20_000];
+        let b = batch(&[&small, &medium, &large, &medium], -1, -1);
+        assert_eq!(validate_producer_batch(&b).map(|h| h.record_count), Ok(4));
+        // The same records claimed as five: the walk must count exactly four.
+        let mut wrong = b.clone();
+        wrong[57..61].copy_from_slice(&5i32.to_be_bytes());
+        wrong[23..27].copy_from_slice(&4i32.to_be_bytes());
+        let crc = compute_crc(&wrong);
+        wrong[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert_eq!(validate_producer_batch(&wrong).map_err(|e| e.error_code()), Err(87));
     }
 
     #[test]
