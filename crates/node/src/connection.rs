@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, ResponseKind};
+use sluice_protocol::fetch::encode_fetch_response;
 use sluice_protocol::frame::FrameDecoder;
 use sluice_protocol::request::{RequestError, decode_request};
 use sluice_protocol::response::{encode_api_versions_fallback, encode_response};
@@ -161,7 +162,7 @@ async fn read_requests(
 }
 
 async fn write_responses(mut writer: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>) {
-    let mut out = BytesMut::with_capacity(64 * 1024);
+    let mut out = Outbound::default();
     let mut next = rx.recv().await;
     while let Some(item) = next.take() {
         if !append_response(&mut out, item).await {
@@ -179,22 +180,93 @@ async fn write_responses(mut writer: OwnedWriteHalf, mut rx: mpsc::Receiver<Outg
                 return;
             }
         }
-        if !out.is_empty() {
-            if let Err(e) = writer.write_all(&out).await {
-                info!("write failed, dropping connection: {e}");
-                return;
-            }
-            out.clear();
-            if out.capacity() > 4 << 20 {
-                // A big fetch response should not pin its buffer for the life of the connection.
-                out = BytesMut::with_capacity(64 * 1024);
-            }
+        if let Err(e) = out.flush(&mut writer).await {
+            info!("write failed, dropping connection: {e}");
+            return;
         }
         if next.is_none() {
             next = rx.recv().await;
         }
     }
     let _ = writer.shutdown().await;
+}
+
+/// Responses waiting to be written: small ones encoded into one buffer, record batches of
+/// fetch responses kept as the `Bytes` storage returned, and all of it written with vectored
+/// writes, so batches go from the read to the socket without another copy.
+#[derive(Default)]
+struct Outbound {
+    buf: BytesMut,
+    chunks: Vec<Bytes>,
+    chunked: usize,
+}
+
+/// Parts smaller than this are copied into the buffer: a syscall slice costs more than that.
+const COPY_BELOW: usize = 4096;
+
+impl Outbound {
+    fn len(&self) -> usize {
+        self.chunked + self.buf.len()
+    }
+
+    fn push_chunk(&mut self, chunk: Bytes) {
+        self.chunked += chunk.len();
+        self.chunks.push(chunk);
+    }
+
+    fn push_parts(&mut self, parts: Vec<Bytes>) {
+        for part in parts {
+            if part.len() < COPY_BELOW {
+                self.buf.extend_from_slice(&part);
+            } else {
+                if !self.buf.is_empty() {
+                    let head = self.buf.split().freeze();
+                    self.push_chunk(head);
+                }
+                self.push_chunk(part);
+            }
+        }
+    }
+
+    async fn flush(&mut self, writer: &mut OwnedWriteHalf) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            let tail = self.buf.split().freeze();
+            self.push_chunk(tail);
+        }
+        let mut chunks = std::mem::take(&mut self.chunks);
+        self.chunked = 0;
+        let (mut first, mut offset) = (0usize, 0usize);
+        while first < chunks.len() {
+            let slices: Vec<std::io::IoSlice<'_>> = chunks[first..]
+                .iter()
+                .enumerate()
+                .take(64)
+                .map(|(i, c)| std::io::IoSlice::new(if i == 0 { &c[offset..] } else { c }))
+                .collect();
+            let mut written = writer.write_vectored(&slices).await?;
+            if written == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            while written > 0 {
+                let left = chunks[first].len() - offset;
+                if written >= left {
+                    written -= left;
+                    first += 1;
+                    offset = 0;
+                } else {
+                    offset += written;
+                    written = 0;
+                }
+            }
+        }
+        chunks.clear();
+        self.chunks = chunks;
+        if self.buf.capacity() > 4 << 20 {
+            // A burst of big responses should not pin its buffer for the life of the connection.
+            self.buf = BytesMut::with_capacity(64 * 1024);
+        }
+        Ok(())
+    }
 }
 
 impl Outgoing {
@@ -209,9 +281,9 @@ impl Outgoing {
 /// Appends one response to `out`. Returns false when the connection must close: a response
 /// that cannot be encoded is a broker bug, and closing lets the client retry at once instead of
 /// waiting for its request timeout.
-async fn append_response(out: &mut BytesMut, item: Outgoing) -> bool {
+async fn append_response(out: &mut Outbound, item: Outgoing) -> bool {
     match item {
-        Outgoing::Framed(bytes) => out.extend_from_slice(&bytes),
+        Outgoing::Framed(bytes) => out.buf.extend_from_slice(&bytes),
         Outgoing::Pending {
             correlation_id,
             api_key,
@@ -220,13 +292,18 @@ async fn append_response(out: &mut BytesMut, item: Outgoing) -> bool {
             ..
         } => {
             let body: Option<Box<ResponseKind>> = completion.finish().await;
-            if let Some(body) = body {
-                let mark = out.len();
-                if let Err(e) = encode_response(out, correlation_id, api_key, version, &body) {
-                    tracing::error!("{e}; closing the connection");
-                    out.truncate(mark);
-                    return false;
-                }
+            let Some(body) = body else { return true };
+            if let ResponseKind::Fetch(fetch) = body.as_ref()
+                && let Some(parts) = encode_fetch_response(correlation_id, version, fetch)
+            {
+                out.push_parts(parts);
+                return true;
+            }
+            let mark = out.buf.len();
+            if let Err(e) = encode_response(&mut out.buf, correlation_id, api_key, version, &body) {
+                tracing::error!("{e}; closing the connection");
+                out.buf.truncate(mark);
+                return false;
             }
         }
     }

@@ -429,7 +429,10 @@ mod tests {
         wrong[23..27].copy_from_slice(&4i32.to_be_bytes());
         let crc = compute_crc(&wrong);
         wrong[17..21].copy_from_slice(&crc.to_be_bytes());
-        assert_eq!(validate_producer_batch(&wrong).map_err(|e| e.error_code()), Err(87));
+        assert_eq!(
+            validate_producer_batch(&wrong).map_err(|e| e.error_code()),
+            Err(87)
+        );
     }
 
     #[test]
