@@ -7,17 +7,39 @@ import struct
 
 CODEC_IDS = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
 
+# librdkafka sends a batch uncompressed when compressing it would not make it smaller, which
+# happens to a batch of a few short records (a producer's last, or one cut by linger.ms). A
+# batch with more records than this that is stored uncompressed means the codec was lost.
+SMALL_BATCH_RECORDS = 8
 
-def stored_codecs(node, topic: str, partition: int = 0) -> set[int]:
-    """Compression codec ids of the batches on disk, from the segment files' batch headers
-    (the 61-byte magic-2 header: batchLength at byte 8, attributes at byte 21)."""
-    codecs = set()
+
+def stored_batches(node, topic: str, partition: int = 0) -> list[tuple[int, int]]:
+    """(codec id, record count) of every batch on disk, from the segment files' batch headers
+    (the 61-byte magic-2 header: batchLength at byte 8, attributes at 21, recordsCount at 57)."""
+    batches = []
     for segment in sorted((node.data_dir / f"{topic}-{partition}").glob("*.log")):
         data = segment.read_bytes()
         pos = 0
         while pos + 61 <= len(data):
             (length,) = struct.unpack_from(">i", data, pos + 8)
             (attributes,) = struct.unpack_from(">h", data, pos + 21)
-            codecs.add(attributes & 7)
+            (records,) = struct.unpack_from(">i", data, pos + 57)
+            batches.append((attributes & 7, records))
             pos += 12 + length
-    return codecs
+    return batches
+
+
+def stored_codecs(node, topic: str, partition: int = 0) -> set[int]:
+    """Compression codec ids of the batches on disk."""
+    return {codec for codec, _ in stored_batches(node, topic, partition)}
+
+
+def assert_stored_by_librdkafka(node, topic: str, codec: str, partition: int = 0) -> None:
+    """Every batch a librdkafka producer sent with `codec` is stored with it, except small
+    batches librdkafka chose to send uncompressed (see SMALL_BATCH_RECORDS)."""
+    batches = stored_batches(node, topic, partition)
+    wanted = CODEC_IDS[codec]
+    assert any(c == wanted for c, _ in batches), f"no batch stored with {codec}: {batches[:5]}"
+    wrong = [(c, n) for c, n in batches
+             if c != wanted and not (c == 0 and n <= SMALL_BATCH_RECORDS)]
+    assert not wrong, f"batches stored with another codec than {codec}: {wrong[:5]}"

@@ -203,11 +203,11 @@ impl Broker {
             RequestKind::FindCoordinator(r) => Completion::now(ResponseKind::FindCoordinator(
                 handlers::groups::find_coordinator(self, r, version).await,
             )),
+            RequestKind::OffsetCommit(r) => handlers::groups::offset_commit(self, r, version, &ctx),
             body @ (RequestKind::JoinGroup(_)
             | RequestKind::SyncGroup(_)
             | RequestKind::Heartbeat(_)
             | RequestKind::LeaveGroup(_)
-            | RequestKind::OffsetCommit(_)
             | RequestKind::OffsetFetch(_)
             | RequestKind::OffsetDelete(_)
             | RequestKind::DescribeGroups(_)

@@ -315,6 +315,18 @@ pub fn read_varint(buf: &[u8]) -> Option<(i32, usize)> {
     None
 }
 
+/// Reads a zigzag varlong (at most 10 bytes). Returns the value and the bytes used.
+pub fn read_varlong(buf: &[u8]) -> Option<(i64, usize)> {
+    let mut raw: u64 = 0;
+    for (i, &b) in buf.iter().enumerate().take(10) {
+        raw |= ((b & 0x7f) as u64) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((((raw >> 1) as i64) ^ -((raw & 1) as i64), i + 1));
+        }
+    }
+    None
+}
+
 /// Overwrites `baseOffset` and `partitionLeaderEpoch` in a batch header prefix.
 ///
 /// Both lie before the CRC'd range, so the batch stays valid. `prefix` must be at least the

@@ -3,7 +3,9 @@
 //!
 //! The produce path never comes here: producer batches are stored as they arrive.
 
-use crate::batch::{BatchError, BatchHeader, HEADER_LEN, LOG_OVERHEAD, compute_crc, read_varint};
+use crate::batch::{
+    BatchError, BatchHeader, HEADER_LEN, LOG_OVERHEAD, compute_crc, read_varint, read_varlong,
+};
 
 /// One record to put in a batch.
 #[derive(Debug, Clone, Copy, Default)]
@@ -119,7 +121,7 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn varint(&mut self) -> Result<i64, BatchError> {
-        let (v, used) = read_varint_long(self.buf)
+        let (v, used) = read_varlong(self.buf)
             .ok_or_else(|| BatchError::Corrupt("malformed varint in a record".into()))?;
         self.buf = &self.buf[used..];
         Ok(v)
@@ -149,17 +151,6 @@ impl<'a> Cursor<'a> {
         self.buf = rest;
         Ok(b)
     }
-}
-
-fn read_varint_long(buf: &[u8]) -> Option<(i64, usize)> {
-    let mut raw: u64 = 0;
-    for (i, &b) in buf.iter().enumerate().take(10) {
-        raw |= ((b & 0x7f) as u64) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some((((raw >> 1) as i64) ^ -((raw & 1) as i64), i + 1));
-        }
-    }
-    None
 }
 
 /// Decodes the records of one uncompressed batch (header included in `batch`).

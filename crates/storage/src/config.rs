@@ -65,6 +65,11 @@ impl CleanupPolicy {
     pub fn deletes(self) -> bool {
         matches!(self, CleanupPolicy::Delete | CleanupPolicy::CompactDelete)
     }
+
+    /// True when the topic is compacted, so every record needs a key.
+    pub fn compacts(self) -> bool {
+        matches!(self, CleanupPolicy::Compact | CleanupPolicy::CompactDelete)
+    }
 }
 
 /// Per-topic log settings, with Kafka's names in the comments.

@@ -18,6 +18,8 @@ pub const MESSAGE_TOO_LARGE: i16 = 10;
 pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
 /// Kafka's INVALID_PRODUCER_EPOCH.
 pub const INVALID_PRODUCER_EPOCH: i16 = 47;
+/// Kafka's INVALID_RECORD.
+pub const INVALID_RECORD: i16 = 87;
 /// Kafka's INVALID_CONFIG.
 pub const INVALID_CONFIG: i16 = 40;
 
@@ -123,17 +125,48 @@ pub enum AppendError {
         /// Latest epoch the partition has seen.
         current: i16,
     },
+    /// Records without a key sent to a compacted topic: the whole batch is refused with
+    /// INVALID_RECORD, naming each offending record (KIP-467), as Kafka's LogValidator does.
+    #[error(
+        "{} records have no key, which compacted topic partition {log} cannot accept (batch indexes {indexes:?})",
+        indexes.len()
+    )]
+    KeylessRecords {
+        /// `<topic>-<partition>`.
+        log: String,
+        /// Indexes of the keyless records within the batch.
+        indexes: Vec<i32>,
+    },
     /// The disk failed or the log is closed.
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
 
 impl AppendError {
+    /// Per-record errors (batch index, message) for the Produce response's `record_errors`.
+    pub fn record_errors(&self) -> Vec<(i32, String)> {
+        match self {
+            AppendError::KeylessRecords { log, indexes } => indexes
+                .iter()
+                .map(|&i| {
+                    (
+                        i,
+                        format!(
+                            "Compacted topic cannot accept message without key in topic partition {log}."
+                        ),
+                    )
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The Kafka error code for this failure.
     pub fn error_code(&self) -> i16 {
         match self {
             AppendError::Batch(e) => e.error_code(),
             AppendError::MessageTooLarge { .. } => MESSAGE_TOO_LARGE,
+            AppendError::KeylessRecords { .. } => INVALID_RECORD,
             AppendError::OutOfOrderSequence { .. } => OUT_OF_ORDER_SEQUENCE_NUMBER,
             AppendError::InvalidProducerEpoch { .. } => INVALID_PRODUCER_EPOCH,
             AppendError::Storage(e) => e.error_code(),

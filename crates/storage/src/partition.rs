@@ -14,8 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use bytes::Bytes;
 use sluice_protocol::batch::{
     BatchError, BatchHeader, HEADER_LEN, iter_batches, patch_offset_and_epoch, read_varint,
-    set_log_append_time, validate_producer_batch, verify_stored_batch,
+    read_varlong, set_log_append_time, validate_producer_batch, verify_stored_batch,
 };
+use sluice_protocol::records::read_records;
 use tokio::sync::watch;
 
 use crate::checkpoint::{Checkpoint, EpochCache};
@@ -230,7 +231,10 @@ impl PartitionLog {
         leader_epoch: i32,
         now_ms: i64,
     ) -> Result<AppendOutcome, AppendError> {
-        let max = read(&self.inner.config).max_message_bytes;
+        let (max, compacted) = {
+            let config = read(&self.inner.config);
+            (config.max_message_bytes, config.cleanup_policy.compacts())
+        };
         if batch.len() > max {
             return Err(AppendError::MessageTooLarge {
                 size: batch.len(),
@@ -238,8 +242,33 @@ impl PartitionLog {
             });
         }
         let header = validate_producer_batch(&batch)?;
+        if compacted {
+            self.check_keys(&batch, &header)?;
+        }
         self.inner
             .append_validated(batch, header, leader_epoch, now_ms)
+    }
+
+    /// A compacted log keeps the latest record per key, so Kafka refuses the whole batch when
+    /// any record has no key. Only uncompressed batches are walked: the broker never
+    /// decompresses, so a compressed batch's keys go unchecked.
+    fn check_keys(&self, batch: &[u8], header: &BatchHeader) -> Result<(), AppendError> {
+        if header.compression() != 0 {
+            return Ok(());
+        }
+        let (_, records) = read_records(batch)?;
+        let indexes: Vec<i32> = (0..)
+            .zip(&records)
+            .filter(|(_, r)| r.key.is_none())
+            .map(|(i, _)| i)
+            .collect();
+        if indexes.is_empty() {
+            return Ok(());
+        }
+        Err(AppendError::KeylessRecords {
+            log: self.inner.name.clone(),
+            indexes,
+        })
     }
 
     /// For batches the broker itself built (e.g. consumer offsets) and, later, replication.
@@ -1216,18 +1245,6 @@ impl Segment {
     fn file_len(&self) -> io::Result<u64> {
         fs::metadata(self.path("log")).map(|m| m.len())
     }
-}
-
-/// Reads a zigzag varlong (at most 10 bytes).
-fn read_varlong(buf: &[u8]) -> Option<(i64, usize)> {
-    let mut raw: u64 = 0;
-    for (i, &b) in buf.iter().enumerate().take(10) {
-        raw |= ((b & 0x7f) as u64) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some((((raw >> 1) as i64) ^ -((raw & 1) as i64), i + 1));
-        }
-    }
-    None
 }
 
 /// The first record of `batch` with timestamp >= `ts` and offset >= `min_offset`, as

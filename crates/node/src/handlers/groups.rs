@@ -1,14 +1,19 @@
 //! FindCoordinator: this node leads every `__consumer_offsets` partition (one-node cluster), so
 //! it coordinates every group. Transactions are not implemented: their coordinator is refused.
+//! OffsetCommit: partitions that do not exist are answered here, the rest go to the coordinator.
 
-use kafka_protocol::messages::BrokerId;
 use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
 use kafka_protocol::messages::find_coordinator_response::{Coordinator, FindCoordinatorResponse};
+use kafka_protocol::messages::offset_commit_request::OffsetCommitRequest;
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponse, OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, RequestKind, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
 
 use kafka_protocol::ResponseError;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, Completion, RequestContext};
 
 /// FindCoordinator key types.
 const GROUP: i8 = 0;
@@ -55,4 +60,60 @@ pub(crate) async fn find_coordinator(
         response.coordinators.clear();
     }
     response
+}
+
+/// OffsetCommit, as Kafka's request handler does it before the group coordinator sees the
+/// request: a partition that does not exist gets UNKNOWN_TOPIC_OR_PARTITION (and no committed
+/// offset), the others are committed as usual; when none exists the group is not consulted.
+pub(crate) fn offset_commit(
+    broker: &Broker,
+    mut req: OffsetCommitRequest,
+    version: i16,
+    ctx: &RequestContext,
+) -> Completion {
+    let mut unknown = Vec::new();
+    for topic in &mut req.topics {
+        let name = topic.name.0.as_str();
+        let (known, missing): (Vec<_>, Vec<_>) = topic
+            .partitions
+            .drain(..)
+            .partition(|p| broker.cluster.partition(name, p.partition_index).is_some());
+        topic.partitions = known;
+        if !missing.is_empty() {
+            let mut t = OffsetCommitResponseTopic::default();
+            t.name = topic.name.clone();
+            t.partitions = missing
+                .iter()
+                .map(|p| {
+                    let mut r = OffsetCommitResponsePartition::default();
+                    r.partition_index = p.partition_index;
+                    r.error_code = ResponseError::UnknownTopicOrPartition.code();
+                    r
+                })
+                .collect();
+            unknown.push(t);
+        }
+    }
+    if unknown.is_empty() {
+        return broker
+            .groups
+            .start_request(RequestKind::OffsetCommit(req), version, ctx);
+    }
+    req.topics.retain(|t| !t.partitions.is_empty());
+    if req.topics.is_empty() {
+        let mut response = OffsetCommitResponse::default();
+        response.topics = unknown;
+        return Completion::now(ResponseKind::OffsetCommit(response));
+    }
+    let committed = broker
+        .groups
+        .start_request(RequestKind::OffsetCommit(req), version, ctx);
+    Completion::Later(Box::pin(async move {
+        let mut response = committed.finish().await?;
+        if let ResponseKind::OffsetCommit(r) = response.as_mut() {
+            unknown.append(&mut r.topics);
+            r.topics = unknown;
+        }
+        Some(response)
+    }))
 }

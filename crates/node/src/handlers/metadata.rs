@@ -18,6 +18,30 @@ use crate::broker::Broker;
 /// Kafka's "authorized operations not requested" marker.
 const OPS_NOT_REQUESTED: i32 = i32::MIN;
 
+/// Bits of Kafka's AclOperation codes.
+const READ: i32 = 1 << 3;
+const WRITE: i32 = 1 << 4;
+const CREATE: i32 = 1 << 5;
+const DELETE: i32 = 1 << 6;
+const ALTER: i32 = 1 << 7;
+const DESCRIBE: i32 = 1 << 8;
+const CLUSTER_ACTION: i32 = 1 << 9;
+const DESCRIBE_CONFIGS: i32 = 1 << 10;
+const ALTER_CONFIGS: i32 = 1 << 11;
+const IDEMPOTENT_WRITE: i32 = 1 << 12;
+
+/// Without an authorizer (this broker has none) Kafka grants every operation a resource type
+/// supports, and reports exactly those when a client asks for its authorized operations.
+const TOPIC_OPERATIONS: i32 =
+    READ | WRITE | CREATE | DELETE | ALTER | DESCRIBE | DESCRIBE_CONFIGS | ALTER_CONFIGS;
+const CLUSTER_OPERATIONS: i32 = CREATE
+    | CLUSTER_ACTION
+    | DESCRIBE_CONFIGS
+    | ALTER_CONFIGS
+    | IDEMPOTENT_WRITE
+    | ALTER
+    | DESCRIBE;
+
 pub(crate) async fn metadata(
     broker: &Broker,
     req: MetadataRequest,
@@ -89,8 +113,19 @@ pub(crate) async fn metadata(
     if version >= 1 {
         response.controller_id = BrokerId(image.controller_id);
     }
+    if version >= 8 && req.include_topic_authorized_operations {
+        for t in &mut topics {
+            t.topic_authorized_operations = TOPIC_OPERATIONS;
+        }
+    }
     response.topics = topics;
-    response.cluster_authorized_operations = OPS_NOT_REQUESTED;
+    // Metadata carries the cluster's operations in v8-v10 only (DescribeCluster since).
+    response.cluster_authorized_operations =
+        if (8..=10).contains(&version) && req.include_cluster_authorized_operations {
+            CLUSTER_OPERATIONS
+        } else {
+            OPS_NOT_REQUESTED
+        };
     response
 }
 
@@ -146,7 +181,7 @@ fn topic_response(topic: &TopicInfo, version: i16) -> MetadataResponseTopic {
 
 pub(crate) fn describe_cluster(
     broker: &Broker,
-    _req: DescribeClusterRequest,
+    req: DescribeClusterRequest,
     version: i16,
 ) -> DescribeClusterResponse {
     let image = broker.cluster.image();
@@ -156,7 +191,11 @@ pub(crate) fn describe_cluster(
     if version >= 1 {
         response.endpoint_type = 1;
     }
-    response.cluster_authorized_operations = OPS_NOT_REQUESTED;
+    response.cluster_authorized_operations = if req.include_cluster_authorized_operations {
+        CLUSTER_OPERATIONS
+    } else {
+        OPS_NOT_REQUESTED
+    };
     response.brokers = image
         .brokers
         .values()

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_request::ProduceRequest;
 use kafka_protocol::messages::produce_response::{
-    PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
+    BatchIndexAndErrorMessage, PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
 };
 use kafka_protocol::messages::{ResponseKind, TopicName};
 use kafka_protocol::protocol::StrBytes;
-use sluice_replication::partition::{Acks, PendingAppend};
+use sluice_replication::partition::{Acks, PendingAppend, ProduceError};
+use sluice_storage::AppendError;
 use tracing::debug;
 
 use crate::broker::{Broker, Completion};
@@ -63,12 +64,16 @@ pub(crate) fn start(broker: &Arc<Broker>, req: ProduceRequest, version: i16) -> 
                             Ok(pending) => PartitionResult::Pending(p.index, pending),
                             Err(e) => {
                                 debug!(topic = %info.name, partition = p.index, "append refused: {e}");
-                                PartitionResult::Done(error_response(
+                                let mut r = error_response(
                                     p.index,
                                     e.error_code(),
                                     Some(e.to_string()),
                                     version,
-                                ))
+                                );
+                                if let (ProduceError::Append(a), 8..) = (&e, version) {
+                                    r.record_errors = record_errors(a);
+                                }
+                                PartitionResult::Done(r)
                             }
                         },
                     },
@@ -114,6 +119,20 @@ pub(crate) fn start(broker: &Arc<Broker>, req: ProduceRequest, version: i16) -> 
         }
         ResponseKind::Produce(response)
     })
+}
+
+/// KIP-467: the records that made the batch fail, so the client fails only those with the
+/// broker's error and the rest of the batch as collateral.
+fn record_errors(e: &AppendError) -> Vec<BatchIndexAndErrorMessage> {
+    e.record_errors()
+        .into_iter()
+        .map(|(index, message)| {
+            let mut r = BatchIndexAndErrorMessage::default();
+            r.batch_index = index;
+            r.batch_index_error_message = Some(StrBytes::from_string(message));
+            r
+        })
+        .collect()
 }
 
 fn error_response(
