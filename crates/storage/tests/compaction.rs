@@ -1,0 +1,655 @@
+//! Log compaction (`cleanup.policy=compact`): what the cleaner keeps, what it drops, and that a
+//! crash at any step of its swap loses nothing and duplicates nothing.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+use bytes::Bytes;
+use common::push_varint;
+use sluice_protocol::batch::{HEADER_LEN, LOG_OVERHEAD, compute_crc, iter_batches};
+use sluice_protocol::records::read_records;
+use sluice_storage::{CleanOptions, CleanupPolicy, LogConfig, PartitionLog};
+
+/// A record to append: key, value (None = tombstone).
+type Rec = (Vec<u8>, Option<Vec<u8>>);
+
+/// An uncompressed batch of keyed records, all at timestamp `ts`.
+fn keyed(records: &[Rec], ts: i64, producer: Option<(i64, i32)>) -> Bytes {
+    let mut body = Vec::new();
+    for (i, (k, v)) in records.iter().enumerate() {
+        let mut rec = vec![0u8];
+        push_varint(&mut rec, 0);
+        push_varint(&mut rec, i as i64);
+        push_varint(&mut rec, k.len() as i64);
+        rec.extend_from_slice(k);
+        match v {
+            Some(v) => {
+                push_varint(&mut rec, v.len() as i64);
+                rec.extend_from_slice(v);
+            }
+            None => push_varint(&mut rec, -1),
+        }
+        push_varint(&mut rec, 0);
+        push_varint(&mut body, rec.len() as i64);
+        body.extend_from_slice(&rec);
+    }
+    let n = records.len() as i32;
+    let (pid, seq) = producer.unwrap_or((-1, -1));
+    let epoch: i16 = if pid >= 0 { 0 } else { -1 };
+    let mut b = vec![0u8; HEADER_LEN];
+    b.extend_from_slice(&body);
+    let len = (b.len() - LOG_OVERHEAD) as i32;
+    b[8..12].copy_from_slice(&len.to_be_bytes());
+    b[12..16].copy_from_slice(&(-1i32).to_be_bytes());
+    b[16] = 2;
+    b[23..27].copy_from_slice(&(n - 1).to_be_bytes());
+    b[27..35].copy_from_slice(&ts.to_be_bytes());
+    b[35..43].copy_from_slice(&ts.to_be_bytes());
+    b[43..51].copy_from_slice(&pid.to_be_bytes());
+    b[51..53].copy_from_slice(&epoch.to_be_bytes());
+    b[53..57].copy_from_slice(&seq.to_be_bytes());
+    b[57..61].copy_from_slice(&n.to_be_bytes());
+    let crc = compute_crc(&b);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    Bytes::from(b)
+}
+
+fn compact_config(segment_bytes: u64) -> LogConfig {
+    LogConfig {
+        segment_bytes,
+        index_interval_bytes: 128,
+        cleanup_policy: CleanupPolicy::Compact,
+        min_cleanable_dirty_ratio: 0.0,
+        ..LogConfig::default()
+    }
+}
+
+fn open(dir: &Path, config: LogConfig) -> PartitionLog {
+    PartitionLog::open(dir, "t", 0, config).expect("open")
+}
+
+/// One record read back: (offset, key, value).
+type Seen = (i64, Vec<u8>, Option<Vec<u8>>);
+
+/// Every record from the log start, reading batch by batch.
+fn all_records(log: &PartitionLog) -> Vec<Seen> {
+    let mut out = Vec::new();
+    let mut offset = log.log_start_offset();
+    for _ in 0..100_000 {
+        let r = log.read(offset, 1 << 20, i64::MAX, true).expect("read");
+        if r.records.is_empty() {
+            return out;
+        }
+        for item in iter_batches(&r.records) {
+            let (_, bytes) = item.expect("whole batch");
+            let (_, recs) = read_records(bytes).expect("records");
+            for rec in recs {
+                out.push((
+                    rec.offset,
+                    rec.key.unwrap_or_default().to_vec(),
+                    rec.value.map(<[u8]>::to_vec),
+                ));
+            }
+        }
+        offset = r.next_offset;
+    }
+    panic!("read did not reach the end of the log");
+}
+
+/// Appends one single-record batch per (key, value) at `ts`; the value names its offset.
+fn append_values(log: &PartitionLog, keys: &[&str], rounds: usize, ts: i64) -> Vec<Seen> {
+    let mut written = Vec::new();
+    for round in 0..rounds {
+        for k in keys {
+            let offset = log.log_end_offset();
+            let value = format!("{k}={round}@{offset}").into_bytes();
+            let out = log
+                .append(
+                    keyed(&[(k.as_bytes().to_vec(), Some(value.clone()))], ts, None),
+                    0,
+                    ts,
+                )
+                .expect("append");
+            assert_eq!(out.base_offset, offset);
+            written.push((offset, k.as_bytes().to_vec(), Some(value)));
+        }
+    }
+    written
+}
+
+/// What compaction up to `end` must leave: below `end` the latest record per key (among those
+/// below `end`), everything at or above `end` as written.
+fn model(written: &[Seen], end: i64) -> Vec<Seen> {
+    let mut latest: BTreeMap<&[u8], i64> = BTreeMap::new();
+    for (o, k, _) in written.iter().filter(|w| w.0 < end) {
+        latest.insert(k, *o);
+    }
+    written
+        .iter()
+        .filter(|(o, k, _)| *o >= end || latest.get(k.as_slice()) == Some(o))
+        .cloned()
+        .collect()
+}
+
+fn publish_all(log: &PartitionLog) {
+    log.set_high_watermark(log.log_end_offset());
+}
+
+#[test]
+fn latest_value_per_key_is_kept_at_its_original_offset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path(), compact_config(1024));
+    let written = append_values(&log, &["a", "b", "c", "d", "e"], 40, 1_000);
+    publish_all(&log);
+    let (start, end) = (log.log_start_offset(), log.log_end_offset());
+    let segments = log.segment_count();
+    assert!(
+        segments > 5,
+        "the test needs several segments, has {segments}"
+    );
+    let out = log
+        .clean(2_000, CleanOptions::default())
+        .expect("clean")
+        .expect("a clean was due");
+    assert!(out.records_removed > 0);
+    assert!(out.bytes_after < out.bytes_before);
+    assert_eq!(log.cleaned_to(), out.cleaned_to);
+    assert_eq!(
+        all_records(&log),
+        model(&written, out.cleaned_to),
+        "latest per key below the cleaned offset, everything above it"
+    );
+    assert_eq!(log.log_start_offset(), start, "log start stays");
+    assert_eq!(log.log_end_offset(), end, "log end stays");
+    assert_eq!(log.offset_for_timestamp(0).expect("lookup").map(|x| x.0), {
+        Some(all_records(&log)[0].0)
+    });
+    // Nothing new is dirty: no clean is due.
+    assert_eq!(
+        log.clean(2_000, CleanOptions::default()).expect("clean"),
+        None
+    );
+}
+
+#[test]
+fn a_fetch_at_a_removed_offset_gets_the_next_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path(), compact_config(1024));
+    append_values(&log, &["a", "b", "c"], 30, 1_000);
+    publish_all(&log);
+    log.clean(2_000, CleanOptions::default())
+        .expect("clean")
+        .expect("due");
+    let present: Vec<i64> = all_records(&log).iter().map(|r| r.0).collect();
+    assert!(present.len() < 90, "something was removed");
+    for offset in log.log_start_offset()..log.log_end_offset() {
+        let r = log.read(offset, 1 << 20, i64::MAX, true).expect("read");
+        let (_, bytes) = iter_batches(&r.records)
+            .next()
+            .expect("a batch after every offset below the end")
+            .expect("whole batch");
+        let (_, recs) = read_records(bytes).expect("records");
+        let want = present.iter().find(|&&o| o >= offset).copied();
+        assert_eq!(recs.first().map(|r| r.offset), want, "fetch at {offset}");
+    }
+}
+
+#[test]
+fn tombstones_stay_until_delete_retention_ms_then_go() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig {
+        delete_retention_ms: 10_000,
+        ..compact_config(512)
+    };
+    let log = open(dir.path(), config);
+    let mut written = append_values(&log, &["a", "b"], 10, 1_000);
+    let t = log.log_end_offset();
+    log.append(keyed(&[(b"a".to_vec(), None)], 1_000, None), 0, 1_000)
+        .expect("tombstone");
+    written.push((t, b"a".to_vec(), None));
+    // Filler so the tombstone's segment is sealed and cleanable.
+    written.extend(append_values(&log, &["c"], 20, 1_000));
+    publish_all(&log);
+
+    let out = log
+        .clean(5_000, CleanOptions::default())
+        .expect("clean")
+        .expect("due");
+    assert!(out.cleaned_to > t, "the tombstone lies in the cleaned part");
+    let seen = all_records(&log);
+    assert_eq!(seen, model(&written, out.cleaned_to));
+    assert!(seen.contains(&(t, b"a".to_vec(), None)), "tombstone kept");
+    assert!(
+        !seen.iter().any(|r| r.1 == b"a" && r.0 != t),
+        "a's values gone"
+    );
+
+    // Not due by ratio (nothing new), but forced after delete.retention.ms.
+    assert_eq!(
+        log.clean(20_000, CleanOptions::default()).expect("clean"),
+        None
+    );
+    let forced = CleanOptions {
+        force: true,
+        ..CleanOptions::default()
+    };
+    log.clean(10_999, forced).expect("clean").expect("forced");
+    assert!(
+        all_records(&log).iter().any(|r| r.0 == t),
+        "10 s not yet passed"
+    );
+    log.clean(11_001, forced).expect("clean").expect("forced");
+    let seen = all_records(&log);
+    assert!(
+        !seen.iter().any(|r| r.1 == b"a"),
+        "tombstone removed: {seen:?}"
+    );
+    assert!(seen.iter().any(|r| r.1 == b"b"));
+}
+
+#[test]
+fn the_active_segment_and_data_above_the_high_watermark_are_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path(), compact_config(1024));
+    let written = append_values(&log, &["a", "b"], 60, 1_000);
+    assert_eq!(
+        log.clean(2_000, CleanOptions::default()).expect("clean"),
+        None,
+        "high watermark 0: nothing is cleanable"
+    );
+    let hw = log.log_end_offset() / 2;
+    log.set_high_watermark(hw);
+    let out = log
+        .clean(2_000, CleanOptions::default())
+        .expect("clean")
+        .expect("due");
+    assert!(out.cleaned_to <= hw && out.cleaned_to > 0);
+    let seen = all_records(&log);
+    assert_eq!(seen, model(&written, out.cleaned_to));
+    assert_eq!(
+        seen.iter().filter(|r| r.0 >= hw).count(),
+        written.iter().filter(|r| r.0 >= hw).count()
+    );
+
+    // Everything published: the active segment still keeps its duplicates.
+    publish_all(&log);
+    let out = log
+        .clean(2_000, CleanOptions::default())
+        .expect("clean")
+        .expect("due");
+    assert!(
+        out.cleaned_to < log.log_end_offset(),
+        "active segment not cleaned"
+    );
+    let seen = all_records(&log);
+    assert_eq!(seen, model(&written, out.cleaned_to));
+    assert!(
+        seen.iter().filter(|r| r.1 == b"a").count() > 1,
+        "duplicates remain in the active segment"
+    );
+}
+
+#[test]
+fn min_compaction_lag_keeps_young_segments_dirty() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig {
+        min_compaction_lag_ms: 1_000,
+        ..compact_config(1024)
+    };
+    let log = open(dir.path(), config);
+    let mut written = append_values(&log, &["a", "b"], 30, 1_000);
+    let young = log.log_end_offset();
+    written.extend(append_values(&log, &["a", "b"], 30, 9_000));
+    publish_all(&log);
+    let out = log
+        .clean(9_500, CleanOptions::default())
+        .expect("clean")
+        .expect("due");
+    assert!(out.cleaned_to <= young, "{} > {young}", out.cleaned_to);
+    let seen = all_records(&log);
+    assert_eq!(seen, model(&written, out.cleaned_to));
+    assert_eq!(
+        seen.iter().filter(|r| r.0 >= young).count(),
+        60,
+        "young records untouched"
+    );
+    // Once they are old enough they are cleaned too.
+    let out = log
+        .clean(10_001, CleanOptions::default())
+        .expect("clean")
+        .expect("due");
+    assert!(out.cleaned_to > young);
+}
+
+#[test]
+fn dirty_ratio_decides_when_a_clean_is_due() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig {
+        min_cleanable_dirty_ratio: 0.5,
+        ..compact_config(1024)
+    };
+    let log = open(dir.path(), config.clone());
+    let keys: Vec<String> = (0..100).map(|i| format!("key{i}")).collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    append_values(&log, &refs, 2, 1_000);
+    publish_all(&log);
+    log.clean(2_000, CleanOptions::default())
+        .expect("clean")
+        .expect("all dirty");
+    // A little new data: far below half of the cleanable bytes.
+    append_values(&log, &["a"], 12, 1_000);
+    publish_all(&log);
+    assert_eq!(
+        log.clean(2_000, CleanOptions::default()).expect("clean"),
+        None
+    );
+    // max.compaction.lag.ms overrides the ratio once dirty data is old enough.
+    log.set_config(LogConfig {
+        max_compaction_lag_ms: 5_000,
+        ..config
+    });
+    assert_eq!(
+        log.clean(5_999, CleanOptions::default()).expect("clean"),
+        None
+    );
+    assert!(
+        log.clean(6_001, CleanOptions::default())
+            .expect("clean")
+            .is_some()
+    );
+}
+
+#[test]
+fn idempotent_producer_state_is_right_after_clean_and_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid = 7;
+    {
+        let log = open(dir.path(), compact_config(512));
+        for seq in 0..20 {
+            log.append(
+                keyed(
+                    &[(b"k".to_vec(), Some(format!("p{seq}").into_bytes()))],
+                    1_000,
+                    Some((pid, seq)),
+                ),
+                0,
+                1_000,
+            )
+            .expect("append");
+        }
+        // A non-idempotent write supersedes the producer's last record.
+        append_values(&log, &["k"], 1, 1_000);
+        append_values(&log, &["z"], 20, 1_000);
+        publish_all(&log);
+        log.clean(2_000, CleanOptions::default())
+            .expect("clean")
+            .expect("due");
+        assert!(
+            !all_records(&log)
+                .iter()
+                .any(|r| r.2.as_deref() == Some(b"p19"))
+        );
+        // Crash, and make the checkpoint useless so producer state is rebuilt from the log.
+        drop(log);
+        fs::write(dir.path().join("partition.checkpoint"), b"SLCPgarbage").expect("checkpoint");
+    }
+    let log = open(dir.path(), compact_config(512));
+    assert!(!log.recovery_stats().checkpoint_used);
+    let retry = log
+        .append(
+            keyed(
+                &[(b"k".to_vec(), Some(b"p19".to_vec()))],
+                1_000,
+                Some((pid, 19)),
+            ),
+            0,
+            1_000,
+        )
+        .expect("retry");
+    assert!(
+        retry.duplicate,
+        "the producer's last batch survived as an empty batch"
+    );
+    assert_eq!(retry.base_offset, 19);
+    let next = log
+        .append(
+            keyed(
+                &[(b"k".to_vec(), Some(b"p20".to_vec()))],
+                1_000,
+                Some((pid, 20)),
+            ),
+            0,
+            1_000,
+        )
+        .expect("next in sequence");
+    assert!(!next.duplicate);
+    let gap = log.append(
+        keyed(
+            &[(b"k".to_vec(), Some(b"p22".to_vec()))],
+            1_000,
+            Some((pid, 22)),
+        ),
+        0,
+        1_000,
+    );
+    assert!(gap.is_err(), "a sequence gap is still refused");
+}
+
+fn log_files(dir: &Path) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry"))
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().expect("meta").len(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn cleaned_segments_are_merged_up_to_segment_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path(), compact_config(1024));
+    let written = append_values(&log, &["a", "b", "c", "d"], 100, 1_000);
+    publish_all(&log);
+    let before = log.segment_count();
+    let out = log
+        .clean(2_000, CleanOptions::default())
+        .expect("clean")
+        .expect("due");
+    // A second pass merges what the first one shrank.
+    let forced = CleanOptions {
+        force: true,
+        ..CleanOptions::default()
+    };
+    log.clean(2_000, forced).expect("clean").expect("forced");
+    let after = log.segment_count();
+    assert!(after * 4 < before, "{before} segments became {after}");
+    for (name, len) in log_files(dir.path()) {
+        assert!(len <= 1024, "{name} is {len} bytes");
+    }
+    assert_eq!(all_records(&log), model(&written, out.cleaned_to));
+    drop(log);
+    let log = open(dir.path(), compact_config(1024));
+    assert_eq!(
+        all_records(&log),
+        model(&written, out.cleaned_to),
+        "after reopen"
+    );
+}
+
+#[test]
+fn a_small_offset_map_cleans_in_several_passes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path(), compact_config(1024));
+    let keys: Vec<String> = (0..50).map(|i| format!("key{i}")).collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let written = append_values(&log, &refs, 4, 1_000);
+    publish_all(&log);
+    let opts = CleanOptions {
+        force: false,
+        max_keys: 10,
+    };
+    let first = log.clean(2_000, opts).expect("clean").expect("due");
+    assert!(first.cleaned_to < 50, "the map bounded the first pass");
+    let mut cleaned_to = first.cleaned_to;
+    for _ in 0..100 {
+        match log.clean(2_000, opts).expect("clean") {
+            Some(o) => cleaned_to = o.cleaned_to,
+            None => break,
+        }
+    }
+    assert_eq!(all_records(&log), model(&written, cleaned_to));
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).expect("mkdir");
+    for e in fs::read_dir(from).expect("list") {
+        let e = e.expect("entry");
+        fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+    }
+}
+
+fn seg_name(base: i64, ext: &str) -> String {
+    format!("{base:020}.{ext}")
+}
+
+/// Builds a log whose cleanable part (all segments but the active one) becomes one cleaned
+/// segment at base 0, closes it, and returns (records before, records after a clean, the
+/// bases of the cleaned group, the cleaned files: log, index, timeindex).
+fn crash_fixture(
+    original: &Path,
+    cleaned: &Path,
+) -> (Vec<Seen>, Vec<Seen>, Vec<i64>, [Vec<u8>; 3]) {
+    let log = open(original, compact_config(512));
+    append_values(&log, &["a", "b", "c"], 30, 1_000);
+    publish_all(&log);
+    let before = all_records(&log);
+    log.close().expect("close");
+    drop(log);
+    let bases: Vec<i64> = log_files(original)
+        .iter()
+        .map(|(n, _)| n[..20].parse().expect("base"))
+        .collect();
+    copy_dir(original, cleaned);
+    let log = open(cleaned, compact_config(1 << 20));
+    publish_all(&log);
+    let out = log
+        .clean(2_000, CleanOptions::default())
+        .expect("clean")
+        .expect("due");
+    assert_eq!(out.segments_after, 1, "one output segment");
+    let after = all_records(&log);
+    assert_ne!(before, after);
+    log.close().expect("close");
+    drop(log);
+    let group: Vec<i64> = bases
+        .iter()
+        .copied()
+        .filter(|&b| b < out.cleaned_to)
+        .collect();
+    let files = ["log", "index", "timeindex"]
+        .map(|ext| fs::read(cleaned.join(seg_name(0, ext))).expect("cleaned file"));
+    (before, after, group, files)
+}
+
+fn no_temp_files(dir: &Path) {
+    for e in fs::read_dir(dir).expect("list") {
+        let name = e.expect("entry").file_name().to_string_lossy().into_owned();
+        assert!(
+            !name.ends_with(".cleaned") && !name.ends_with(".swap") && !name.ends_with(".deleted"),
+            "{name} left behind"
+        );
+    }
+}
+
+#[test]
+fn a_crash_at_each_step_of_the_swap_loses_and_duplicates_nothing() {
+    let root = tempfile::tempdir().expect("tempdir");
+    // (step, what the crash left, whether the clean's result must show)
+    type Step = fn(&Path, &[i64], &[Vec<u8>; 3]);
+    let steps: [(&str, Step, bool); 6] = [
+        (
+            "cleaned files written, not renamed",
+            |d, _, f| {
+                for (ext, data) in ["log", "index", "timeindex"].iter().zip(f) {
+                    fs::write(d.join(format!("{}.cleaned", seg_name(0, ext))), data).expect("w");
+                }
+            },
+            false,
+        ),
+        (
+            "index swaps published, log still .cleaned",
+            |d, _, f| {
+                fs::write(d.join(format!("{}.cleaned", seg_name(0, "log"))), &f[0]).expect("w");
+                fs::write(d.join(format!("{}.swap", seg_name(0, "index"))), &f[1]).expect("w");
+                fs::write(d.join(format!("{}.swap", seg_name(0, "timeindex"))), &f[2]).expect("w");
+            },
+            false,
+        ),
+        (
+            "swap published, nothing installed",
+            |d, _, f| {
+                for (ext, data) in ["log", "index", "timeindex"].iter().zip(f) {
+                    fs::write(d.join(format!("{}.swap", seg_name(0, ext))), data).expect("w");
+                }
+            },
+            true,
+        ),
+        (
+            "later segments of the group deleted, swap not renamed",
+            |d, g, f| {
+                fs::write(d.join(format!("{}.swap", seg_name(0, "log"))), &f[0]).expect("w");
+                for &b in &g[1..] {
+                    for ext in ["log", "index", "timeindex"] {
+                        let _ = fs::remove_file(d.join(seg_name(b, ext)));
+                    }
+                }
+            },
+            true,
+        ),
+        (
+            "indexes renamed into place, log swap not",
+            |d, _, f| {
+                fs::write(d.join(format!("{}.swap", seg_name(0, "log"))), &f[0]).expect("w");
+                fs::write(d.join(seg_name(0, "index")), &f[1]).expect("w");
+                fs::write(d.join(seg_name(0, "timeindex")), &f[2]).expect("w");
+            },
+            true,
+        ),
+        (
+            "torn swap (never happens after fsync, but must not be trusted)",
+            |d, _, f| {
+                let torn = &f[0][..f[0].len() - 7];
+                fs::write(d.join(format!("{}.swap", seg_name(0, "log"))), torn).expect("w");
+                fs::write(d.join(seg_name(0, "index")), &f[1]).expect("w");
+            },
+            false,
+        ),
+    ];
+    for (i, (what, crash, shows_clean)) in steps.iter().enumerate() {
+        let original = root.path().join(format!("o{i}"));
+        let cleaned = root.path().join(format!("c{i}"));
+        let (before, after, group, files) = crash_fixture(&original, &cleaned);
+        assert!(group.len() > 1, "the fixture merges several segments");
+        crash(&original, &group, &files);
+        let log = open(&original, compact_config(512));
+        let seen = all_records(&log);
+        let want = if *shows_clean { &after } else { &before };
+        assert_eq!(&seen, want, "after a crash with {what}");
+        no_temp_files(&original);
+        // The indexes work: every offset is found through them.
+        for (o, _, _) in &seen {
+            let r = log.read(*o, 1, i64::MAX, true).expect("read");
+            assert!(!r.records.is_empty(), "{what}: offset {o} readable");
+        }
+    }
+}
