@@ -17,8 +17,10 @@
 //!
 //! (2) Every cleanable segment up to there is rewritten, grouped so that the sources of one
 //! output segment total at most `segment.bytes`: a record is dropped when the map holds a later
-//! offset for its key, or when it is a tombstone whose batch's max timestamp is older than
-//! `delete.retention.ms` (a simpler rule than Kafka's "since the segment was first cleaned").
+//! offset for its key, or when it is a tombstone whose own timestamp is older than
+//! `delete.retention.ms` (a simpler rule than Kafka's "since the segment was first cleaned";
+//! tombstones are only removed by a clean, so one that expires after the last clean goes with
+//! the next).
 //! Offsets never change: see [`filter`]. A batch left empty is dropped, except the last batch of
 //! an idempotent producer id, which stays as an empty batch so producer state rebuilt from the
 //! log stays right. Control batches, compressed batches (the broker never decompresses: they are
@@ -414,15 +416,14 @@ impl Inner {
                     tracing::warn!(log = %self.name, offset = h.base_offset, "batch records are malformed; kept as they are");
                     return o.push(bytes);
                 };
-                let tombstones_expire =
-                    now_ms.saturating_sub(h.max_timestamp) > config.delete_retention_ms;
                 let kept: Vec<_> = records
                     .iter()
                     .filter(|r| match r.key {
                         None => true,
                         Some(k) => {
                             let superseded = map.latest(k).is_some_and(|latest| latest > r.offset);
-                            let expired_tombstone = r.tombstone && tombstones_expire;
+                            let expired_tombstone = r.tombstone
+                                && now_ms.saturating_sub(r.timestamp) > config.delete_retention_ms;
                             !(superseded || expired_tombstone)
                         }
                     })

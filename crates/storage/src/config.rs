@@ -104,7 +104,7 @@ pub struct LogConfig {
     pub min_compaction_lag_ms: i64,
     /// `max.compaction.lag.ms`: clean whatever the dirty ratio once dirty data is this old.
     pub max_compaction_lag_ms: i64,
-    /// `delete.retention.ms`: a tombstone survives cleaning until its batch is this old.
+    /// `delete.retention.ms`: a tombstone survives cleaning until its timestamp is this old.
     pub delete_retention_ms: i64,
 }
 

@@ -16,6 +16,8 @@ const RECORD_COUNT_AT: usize = 57;
 pub(crate) struct RawRecord<'a> {
     /// Absolute offset.
     pub(crate) offset: i64,
+    /// The record's timestamp (the batch's for LogAppendTime batches).
+    pub(crate) timestamp: i64,
     /// `None` for a keyless record.
     pub(crate) key: Option<&'a [u8]>,
     /// True when the value is null (a tombstone).
@@ -36,7 +38,7 @@ pub(crate) fn split_records<'a>(h: &BatchHeader, batch: &'a [u8]) -> Option<Vec<
         let mut rec = &whole[used..];
         // attributes (1 byte), timestampDelta (varlong), offsetDelta (varint), key, value.
         rec = rec.get(1..)?;
-        let (_, n) = read_varlong(rec)?;
+        let (ts_delta, n) = read_varlong(rec)?;
         rec = &rec[n..];
         let (offset_delta, n) = read_varlong(rec)?;
         rec = &rec[n..];
@@ -52,6 +54,11 @@ pub(crate) fn split_records<'a>(h: &BatchHeader, batch: &'a [u8]) -> Option<Vec<
         let (value_len, _) = read_varlong(rec)?;
         out.push(RawRecord {
             offset: h.base_offset.checked_add(offset_delta)?,
+            timestamp: if h.is_log_append_time() {
+                h.max_timestamp
+            } else {
+                h.base_timestamp.saturating_add(ts_delta)
+            },
             key,
             tombstone: value_len < 0,
             bytes: whole,
@@ -113,6 +120,7 @@ mod tests {
         assert_eq!(split.len(), 3);
         assert_eq!(split[0].key, Some(&b"a"[..]));
         assert!(split[1].tombstone && !split[0].tombstone);
+        assert_eq!(split[1].timestamp, 11);
         assert_eq!(split[2].key, None);
         assert_eq!(
             split.iter().map(|r| r.offset).collect::<Vec<_>>(),
