@@ -306,25 +306,36 @@ impl Inner {
             ..Default::default()
         };
         let bases: Vec<i64> = groups.iter().map(|g| g[0].base).collect();
+        // Groups whose every record went are removed, not replaced by empty segments.
+        let mut emptied = vec![false; groups.len()];
         let written = (|| -> io::Result<()> {
-            for group in &groups {
+            let mut published = Vec::new();
+            for (i, group) in groups.iter().enumerate() {
                 let mut o = Output::create(&self.dir, group[0].base, config.index_interval_bytes)?;
                 for seg in group.iter() {
                     out.bytes_before += seg.size();
                     out.records_removed +=
                         self.rewrite(seg, &mut o, &map, &last_of_producer, &config, now_ms)?;
                 }
-                out.bytes_after += o.finish(&self.dir)?;
+                let size = o.finish(&self.dir)?;
+                out.bytes_after += size;
+                if size == 0 {
+                    emptied[i] = true;
+                    swap::discard(&self.dir, group[0].base)?;
+                } else {
+                    published.push(group[0].base);
+                }
             }
-            swap::publish(&self.dir, &bases)
+            swap::publish(&self.dir, &published)
         })();
+        out.segments_after = emptied.iter().filter(|e| !**e).count();
         if let Err(e) = written {
             for &b in &bases {
                 let _ = swap::discard(&self.dir, b);
             }
             return Err(ctx(e));
         }
-        if !self.swap_in(&plan.segs, m, &groups, end)? {
+        if !self.swap_in(&plan.segs, m, &groups, &emptied, end)? {
             return Ok(None);
         }
         tracing::info!(
@@ -465,6 +476,7 @@ impl Inner {
         snapshot: &[Arc<Segment>],
         m: usize,
         groups: &[&[Arc<Segment>]],
+        emptied: &[bool],
         end: i64,
     ) -> Result<bool, StorageError> {
         let dir = &self.dir;
@@ -498,12 +510,20 @@ impl Inner {
         self.write_checkpoint_locked(false)?;
         let installed = (|| -> io::Result<Vec<Arc<Segment>>> {
             let mut fresh = Vec::with_capacity(groups.len());
-            for g in groups {
-                swap::install(dir, g)?;
+            for (g, &empty) in groups.iter().zip(emptied) {
+                if empty {
+                    // Nothing in these offsets is needed any more: deleting them in any order
+                    // is crash-safe.
+                    for s in g.iter() {
+                        s.delete_files()?;
+                    }
+                } else {
+                    swap::install(dir, g)?;
+                }
             }
             swap::finish(dir)?;
             let interval = read(&self.config).index_interval_bytes;
-            for g in groups {
+            for (g, _) in groups.iter().zip(emptied).filter(|(_, e)| !**e) {
                 let s = Arc::new(Segment::open(dir, g[0].base)?);
                 s.max_timestamp(interval)?;
                 fresh.push(s);

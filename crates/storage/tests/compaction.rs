@@ -653,3 +653,27 @@ fn a_crash_at_each_step_of_the_swap_loses_and_duplicates_nothing() {
         }
     }
 }
+
+#[test]
+fn segments_left_with_nothing_are_removed_not_kept_empty() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path(), compact_config(512));
+    let written = append_values(&log, &["only"], 60, 1_000);
+    publish_all(&log);
+    let before = log.segment_count();
+    let out = log
+        .clean(2_000, CleanOptions::default())
+        .expect("clean")
+        .expect("due");
+    assert_eq!(out.segments_after, 1, "one segment keeps the latest record");
+    assert_eq!(log.segment_count(), 2, "that one and the active segment");
+    assert!(before > 4);
+    let want = model(&written, out.cleaned_to);
+    assert_eq!(all_records(&log), want);
+    assert!(log_files(dir.path()).iter().all(|(_, len)| *len > 0));
+    log.close().expect("close");
+    drop(log);
+    let log = open(dir.path(), compact_config(512));
+    assert_eq!(all_records(&log), want, "after reopen");
+    assert_eq!(log.log_end_offset(), 60);
+}
