@@ -145,10 +145,19 @@ fn corrupt(seg: &Segment, problem: String) -> io::Error {
     )
 }
 
-/// Adds the keyed records of `seg` to the map. Returns false if the map filled up (the segment
-/// is still mapped whole when `whole` is set).
-fn map_segment(seg: &Segment, map: &mut OffsetMap, whole: bool) -> io::Result<bool> {
-    let mut fits = true;
+/// How much of a segment made it into the offset map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mapped {
+    /// All of it, with room to spare.
+    Whole,
+    /// All of it, and the map is now full.
+    WholeAndFull,
+    /// The map filled up part-way.
+    Partly,
+}
+
+/// Adds the keyed records of `seg` to the map, stopping when it is full unless `whole`.
+fn map_segment(seg: &Segment, map: &mut OffsetMap, whole: bool) -> io::Result<Mapped> {
     let stop = seg.scan(0, seg.size(), i64::MIN, true, |_, h, bytes| {
         if h.is_control() || h.compression() != 0 {
             return true;
@@ -160,16 +169,18 @@ fn map_segment(seg: &Segment, map: &mut OffsetMap, whole: bool) -> io::Result<bo
                 }
             }
         }
-        if map.full() {
-            fits = false;
-            return whole;
-        }
-        true
+        whole || !map.full()
     })?;
     if let Some(problem) = stop.problem {
         return Err(corrupt(seg, problem));
     }
-    Ok(fits)
+    Ok(if stop.pos < seg.size() {
+        Mapped::Partly
+    } else if map.full() {
+        Mapped::WholeAndFull
+    } else {
+        Mapped::Whole
+    })
 }
 
 /// One output segment being written as `<base>.log.cleaned`, indexed as it goes.
@@ -283,9 +294,14 @@ impl Inner {
         let mut map = OffsetMap::new(opts.max_keys);
         let mut m = plan.first_dirty;
         while m < plan.n {
-            let fits = map_segment(&plan.segs[m], &mut map, m == plan.first_dirty).map_err(ctx)?;
-            m += 1;
-            if !fits {
+            let whole = m == plan.first_dirty;
+            let mapped = map_segment(&plan.segs[m], &mut map, whole).map_err(ctx)?;
+            // A segment mapped only in part stays dirty: "cleaned up to" must mean that every
+            // key below it was deduplicated. (Its keys in the map are still true later offsets.)
+            if mapped != Mapped::Partly {
+                m += 1;
+            }
+            if mapped != Mapped::Whole {
                 break;
             }
         }

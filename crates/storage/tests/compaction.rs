@@ -486,13 +486,48 @@ fn cleaned_segments_are_merged_up_to_segment_bytes() {
     );
 }
 
+/// What every clean must leave, whatever its map held: only written records at their offsets,
+/// in order; the latest record of every key; everything from `cleaned_to` on; below it at most
+/// one record per key.
+fn check_invariants(seen: &[Seen], written: &[Seen], cleaned_to: i64) {
+    let mut w = written.iter();
+    for r in seen {
+        assert!(
+            w.any(|x| x == r),
+            "{r:?} was never written there (or is out of order)"
+        );
+    }
+    let mut latest: BTreeMap<&[u8], &Seen> = BTreeMap::new();
+    for r in written {
+        latest.insert(&r.1, r);
+    }
+    for r in latest.values() {
+        assert!(seen.contains(r), "latest record {r:?} is gone");
+    }
+    for r in written.iter().filter(|r| r.0 >= cleaned_to) {
+        assert!(
+            seen.contains(r),
+            "{r:?} at or above cleaned_to {cleaned_to} is gone"
+        );
+    }
+    let mut below: BTreeMap<&[u8], usize> = BTreeMap::new();
+    for r in seen.iter().filter(|r| r.0 < cleaned_to) {
+        *below.entry(&r.1).or_default() += 1;
+    }
+    assert!(
+        below.values().all(|&n| n == 1),
+        "a key appears twice below {cleaned_to}"
+    );
+}
+
 #[test]
 fn a_small_offset_map_cleans_in_several_passes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = open(dir.path(), compact_config(1024));
-    let keys: Vec<String> = (0..50).map(|i| format!("key{i}")).collect();
+    // Each key twice in a row, so a segment the map fills up in can hold both halves of a pair.
+    let keys: Vec<String> = (0..100).map(|i| format!("key{}", i / 2)).collect();
     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-    let written = append_values(&log, &refs, 4, 1_000);
+    let written = append_values(&log, &refs, 2, 1_000);
     publish_all(&log);
     let opts = CleanOptions {
         force: false,
@@ -500,13 +535,21 @@ fn a_small_offset_map_cleans_in_several_passes() {
     };
     let first = log.clean(2_000, opts).expect("clean").expect("due");
     assert!(first.cleaned_to < 50, "the map bounded the first pass");
+    check_invariants(&all_records(&log), &written, first.cleaned_to);
     let mut cleaned_to = first.cleaned_to;
+    let mut passes = 1;
     for _ in 0..100 {
         match log.clean(2_000, opts).expect("clean") {
-            Some(o) => cleaned_to = o.cleaned_to,
+            Some(o) => {
+                assert!(o.cleaned_to > cleaned_to, "every pass makes progress");
+                cleaned_to = o.cleaned_to;
+                passes += 1;
+                check_invariants(&all_records(&log), &written, cleaned_to);
+            }
             None => break,
         }
     }
+    assert!(passes > 3, "{passes} passes");
     assert_eq!(all_records(&log), model(&written, cleaned_to));
 }
 
