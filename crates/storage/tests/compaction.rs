@@ -720,3 +720,96 @@ fn segments_left_with_nothing_are_removed_not_kept_empty() {
     assert_eq!(all_records(&log), want, "after reopen");
     assert_eq!(log.log_end_offset(), 60);
 }
+
+mod model_test {
+    //! Property test: random keyed appends (tiny segments, so rolls are frequent), cleans with a
+    //! roomy or a tiny offset map, and clean or crash reopens agree with the model: the latest
+    //! record per key below "cleaned up to", everything above it as written.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Append { keys: Vec<(u8, bool)> },
+        Clean { force: bool, tiny_map: bool },
+        Reopen { clean: bool },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            8 => prop::collection::vec((0u8..6, prop::bool::weighted(0.15)), 1..4)
+                .prop_map(|keys| Op::Append { keys }),
+            3 => (any::<bool>(), prop::bool::weighted(0.3))
+                .prop_map(|(force, tiny_map)| Op::Clean { force, tiny_map }),
+            1 => any::<bool>().prop_map(|clean| Op::Reopen { clean }),
+        ]
+    }
+
+    fn run(ops: Vec<Op>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = compact_config(400);
+        let mut log = open(dir.path(), config.clone());
+        let mut written: Vec<Seen> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Append { keys } => {
+                    let base = log.log_end_offset();
+                    let recs: Vec<Rec> = keys
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (k, tombstone))| {
+                            let key = format!("k{k}").into_bytes();
+                            let value = (!tombstone)
+                                .then(|| format!("k{k}@{}", base + i as i64).into_bytes());
+                            (key, value)
+                        })
+                        .collect();
+                    log.append(keyed(&recs, 1_000, None), 0, 1_000)
+                        .expect("append");
+                    for (i, (k, v)) in recs.into_iter().enumerate() {
+                        written.push((base + i as i64, k, v));
+                    }
+                    publish_all(&log);
+                }
+                Op::Clean { force, tiny_map } => {
+                    let opts = CleanOptions {
+                        force,
+                        max_keys: if tiny_map { 2 } else { 1 << 16 },
+                    };
+                    let out = log.clean(2_000, opts).expect("clean");
+                    let seen = all_records(&log);
+                    check_invariants(&seen, &written, log.cleaned_to());
+                    if out.is_some() && !tiny_map {
+                        assert_eq!(seen, model(&written, log.cleaned_to()));
+                    }
+                }
+                Op::Reopen { clean } => {
+                    if clean {
+                        log.close().expect("close");
+                    }
+                    let before = log.cleaned_to();
+                    drop(log);
+                    log = open(dir.path(), config.clone());
+                    publish_all(&log);
+                    assert_eq!(log.cleaned_to(), before, "cleaned-up-to survives a reopen");
+                }
+            }
+            check_invariants(&all_records(&log), &written, log.cleaned_to());
+            assert_eq!(
+                log.log_end_offset(),
+                written.last().map_or(0, |w| w.0 + 1),
+                "log end"
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+        #[test]
+        fn cleaning_agrees_with_the_model(ops in prop::collection::vec(op(), 1..120)) {
+            run(ops);
+        }
+    }
+}
