@@ -721,6 +721,62 @@ fn segments_left_with_nothing_are_removed_not_kept_empty() {
     assert_eq!(log.log_end_offset(), 60);
 }
 
+#[test]
+fn appends_and_reads_go_on_while_the_cleaner_runs() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Arc::new(open(dir.path(), compact_config(1024)));
+    let mut written = append_values(&log, &["a", "b", "c"], 30, 1_000);
+    publish_all(&log);
+    let done = Arc::new(AtomicBool::new(false));
+    let appender = {
+        let log = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let w = append_values(&log, &["a", "b", "c", "d"], 100, 1_000);
+            publish_all(&log);
+            w
+        })
+    };
+    let reader = {
+        let (log, done) = (Arc::clone(&log), Arc::clone(&done));
+        std::thread::spawn(move || {
+            let mut passes = 0;
+            while !done.load(Ordering::Acquire) || passes == 0 {
+                // Every read is whole, CRC-checked batches with offsets strictly increasing.
+                let seen = all_records(&log);
+                assert!(
+                    seen.windows(2).all(|w| w[0].0 < w[1].0),
+                    "offsets out of order"
+                );
+                passes += 1;
+            }
+            passes
+        })
+    };
+    let mut cleans = 0;
+    for _ in 0..200 {
+        if log
+            .clean(2_000, CleanOptions::default())
+            .expect("clean")
+            .is_some()
+        {
+            cleans += 1;
+        }
+        if appender.is_finished() {
+            break;
+        }
+    }
+    written.extend(appender.join().expect("appender"));
+    done.store(true, Ordering::Release);
+    assert!(reader.join().expect("reader") > 0);
+    assert!(cleans > 0);
+    publish_all(&log);
+    log.clean(2_000, CleanOptions::default())
+        .expect("final clean");
+    check_invariants(&all_records(&log), &written, log.cleaned_to());
+}
+
 mod model_test {
     //! Property test: random keyed appends (tiny segments, so rolls are frequent), cleans with a
     //! roomy or a tiny offset map, and clean or crash reopens agree with the model: the latest
