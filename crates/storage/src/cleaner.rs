@@ -523,7 +523,12 @@ impl Inner {
         }
         // The checkpoint must name the active segment, never one being replaced: recovery
         // trusts its byte position within that segment.
-        self.write_checkpoint_locked(false)?;
+        if let Err(e) = self.write_checkpoint_locked(false) {
+            // Published swaps left behind would be finished by the next open, even if the log
+            // were truncated below them meanwhile.
+            discard("the checkpoint before the swap failed");
+            return Err(e);
+        }
         let installed = (|| -> io::Result<Vec<Arc<Segment>>> {
             let mut fresh = Vec::with_capacity(groups.len());
             for (g, &empty) in groups.iter().zip(emptied) {
