@@ -83,7 +83,7 @@ impl CleanOptions {
 /// What one clean did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CleanOutcome {
-    /// Segments rewritten, and how many replaced them.
+    /// Segments rewritten.
     pub segments_before: usize,
     /// Segments after merging.
     pub segments_after: usize,

@@ -777,6 +777,56 @@ fn appends_and_reads_go_on_while_the_cleaner_runs() {
     check_invariants(&all_records(&log), &written, log.cleaned_to());
 }
 
+#[test]
+fn the_log_managers_cleaner_thread_compacts_due_logs_only() {
+    use sluice_storage::{BrokerLogConfig, LogManager};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut broker = BrokerLogConfig::default();
+    broker.set("log.cleaner.backoff.ms", "10").expect("valid");
+    let mgr = LogManager::open(dir.path(), broker).expect("open");
+    let compacted = mgr.create("c", 0, compact_config(1024)).expect("create");
+    let plain = mgr
+        .create(
+            "d",
+            0,
+            LogConfig {
+                cleanup_policy: CleanupPolicy::Delete,
+                retention_ms: -1,
+                ..compact_config(1024)
+            },
+        )
+        .expect("create");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let written = append_values(&compacted, &["a", "b"], 40, now);
+    let plain_written = append_values(&plain, &["a", "b"], 40, now);
+    publish_all(&compacted);
+    publish_all(&plain);
+    mgr.start_background();
+    // Awaits the cleaner (bounded): it runs every 10 ms once started.
+    let mut waited = 0;
+    while compacted.cleaned_to() == 0 && waited < 1_000 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        waited += 1;
+    }
+    assert!(
+        compacted.cleaned_to() > 0,
+        "the cleaner thread cleaned the log"
+    );
+    assert_eq!(
+        all_records(&compacted),
+        model(&written, compacted.cleaned_to())
+    );
+    assert_eq!(
+        all_records(&plain),
+        plain_written,
+        "delete policy: untouched"
+    );
+    mgr.shutdown().expect("shutdown");
+}
+
 mod model_test {
     //! Property test: random keyed appends (tiny segments, so rolls are frequent), cleans with a
     //! roomy or a tiny offset map, and clean or crash reopens agree with the model: the latest
