@@ -560,7 +560,21 @@ impl Inner {
                 return Err(StorageError::io(format!("cleaning {}", self.name), e));
             }
         };
-        write(&self.segments).splice(..m, fresh);
+        let first_base = {
+            let mut segs = write(&self.segments);
+            segs.splice(..m, fresh);
+            segs.first().map(|s| s.base)
+        };
+        // Leading segments left with nothing were deleted: the log now starts at the first
+        // remaining segment, as it would after a restart (and the invariant "the first
+        // segment holds the log start" that truncation and retention rely on holds again).
+        if let Some(first) = first_base
+            && first > self.log_start.load(Ordering::Acquire)
+        {
+            let mut st = lock(&self.state);
+            self.log_start.fetch_max(first, Ordering::AcqRel);
+            st.epochs.truncate_from_start(first);
+        }
         self.cleaned_to.fetch_max(end, Ordering::AcqRel);
         self.write_checkpoint_locked(false)?;
         Ok(true)

@@ -94,7 +94,7 @@ pub struct RecoveryStats {
 /// State only appends (and truncation, roll, retention) touch; one mutex serializes them.
 pub(crate) struct AppendState {
     pub(crate) producers: ProducerState,
-    epochs: EpochCache,
+    pub(crate) epochs: EpochCache,
     next_offset: i64,
     active: Arc<Segment>,
 }
@@ -1181,8 +1181,10 @@ impl Inner {
                     StorageError::Corrupt(format!("{} has no segments", self.name))
                 })?;
                 let (pos, end) = match seg.find_batch(offset, interval).map_err(ctx)? {
-                    Some((pos, h)) => (pos, h.base_offset.max(seg.base)),
-                    None => (seg.size(), offset),
+                    // `offset` in a gap left by compaction: the log ends at `offset` itself
+                    // (never below the segment's base).
+                    Some((pos, h)) => (pos, h.base_offset.min(offset).max(seg.base)),
+                    None => (seg.size(), offset.max(seg.base)),
                 };
                 // Later segments go first, newest first, so a crash part-way never leaves data
                 // after the cut that a recovery scan would accept.
@@ -1211,6 +1213,8 @@ impl Inner {
                 self.log_start.store(new_end, Ordering::Release);
             }
             st.epochs.truncate_from_end(new_end);
+            // What gets appended after the cut is dirty, whatever was cleaned before.
+            self.cleaned_to.fetch_min(new_end, Ordering::AcqRel);
             st.producers = self.rebuild_producers(new_end).map_err(ctx)?;
             self.sync_unsynced().map_err(ctx)?;
             self.durable.store(new_end, Ordering::Release);

@@ -162,7 +162,11 @@ fn latest_value_per_key_is_kept_at_its_original_offset() {
         model(&written, out.cleaned_to),
         "latest per key below the cleaned offset, everything above it"
     );
-    assert_eq!(log.log_start_offset(), start, "log start stays");
+    let first = all_records(&log)[0].0;
+    assert!(
+        (start..=first).contains(&log.log_start_offset()),
+        "log start moves at most to the first remaining segment"
+    );
     assert_eq!(log.log_end_offset(), end, "log end stays");
     assert_eq!(log.offset_for_timestamp(0).expect("lookup").map(|x| x.0), {
         Some(all_records(&log)[0].0)
@@ -827,6 +831,32 @@ fn the_log_managers_cleaner_thread_compacts_due_logs_only() {
     mgr.shutdown().expect("shutdown");
 }
 
+#[test]
+fn records_appended_after_a_truncation_below_the_cleaned_offset_are_dirty() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path(), compact_config(1024));
+    let mut written = append_values(&log, &["a", "b"], 40, 1_000);
+    publish_all(&log);
+    let first = log
+        .clean(2_000, CleanOptions::default())
+        .expect("clean")
+        .expect("due");
+    let cut = first.cleaned_to / 2;
+    log.truncate_to(cut).expect("truncate");
+
+    let end = log.log_end_offset();
+    assert!(end <= cut);
+    assert!(log.cleaned_to() <= end, "cleaned_to follows the truncation");
+    written.retain(|w| w.0 < end);
+    written.extend(append_values(&log, &["a", "b"], 40, 1_000));
+    publish_all(&log);
+    let out = log
+        .clean(2_000, CleanOptions::default())
+        .expect("clean")
+        .expect("due");
+    assert_eq!(all_records(&log), model(&written, out.cleaned_to));
+}
+
 mod model_test {
     //! Property test: random keyed appends (tiny segments, so rolls are frequent), cleans with a
     //! roomy or a tiny offset map, and clean or crash reopens agree with the model: the latest
@@ -837,18 +867,31 @@ mod model_test {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Append { keys: Vec<(u8, bool)> },
-        Clean { force: bool, tiny_map: bool },
-        Reopen { clean: bool },
+        /// `publish`: move the high watermark to the log end afterwards.
+        Append {
+            keys: Vec<(u8, bool)>,
+            publish: bool,
+        },
+        Clean {
+            force: bool,
+            tiny_map: bool,
+        },
+        Reopen {
+            clean: bool,
+        },
+        Truncate {
+            at: u16,
+        },
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            8 => prop::collection::vec((0u8..6, prop::bool::weighted(0.15)), 1..4)
-                .prop_map(|keys| Op::Append { keys }),
+            8 => (prop::collection::vec((0u8..6, prop::bool::weighted(0.15)), 1..4), prop::bool::weighted(0.7))
+                .prop_map(|(keys, publish)| Op::Append { keys, publish }),
             3 => (any::<bool>(), prop::bool::weighted(0.3))
                 .prop_map(|(force, tiny_map)| Op::Clean { force, tiny_map }),
             1 => any::<bool>().prop_map(|clean| Op::Reopen { clean }),
+            1 => any::<u16>().prop_map(|at| Op::Truncate { at }),
         ]
     }
 
@@ -857,9 +900,10 @@ mod model_test {
         let config = compact_config(400);
         let mut log = open(dir.path(), config.clone());
         let mut written: Vec<Seen> = Vec::new();
+        let mut end = 0i64;
         for op in ops {
             match op {
-                Op::Append { keys } => {
+                Op::Append { keys, publish } => {
                     let base = log.log_end_offset();
                     let recs: Vec<Rec> = keys
                         .iter()
@@ -876,7 +920,10 @@ mod model_test {
                     for (i, (k, v)) in recs.into_iter().enumerate() {
                         written.push((base + i as i64, k, v));
                     }
-                    publish_all(&log);
+                    end = base + keys.len() as i64;
+                    if publish {
+                        publish_all(&log);
+                    }
                 }
                 Op::Clean { force, tiny_map } => {
                     let opts = CleanOptions {
@@ -900,13 +947,26 @@ mod model_test {
                     publish_all(&log);
                     assert_eq!(log.cleaned_to(), before, "cleaned-up-to survives a reopen");
                 }
+                Op::Truncate { at } => {
+                    // As replication does: only what is above the high watermark (and so was
+                    // never cleaned, nor superseded anything cleaned).
+                    let hw = log.high_watermark();
+                    let at = hw + at as i64 % (end - hw + 1);
+                    log.truncate_to(at).expect("truncate");
+                    let new_end = log.log_end_offset();
+                    assert!(
+                        new_end <= at.max(log.log_start_offset()),
+                        "{new_end} > {at}"
+                    );
+                    assert!(log.cleaned_to() <= new_end.max(log.log_start_offset()));
+                    if new_end < end {
+                        end = new_end;
+                    }
+                    written.retain(|w| w.0 < end);
+                }
             }
             check_invariants(&all_records(&log), &written, log.cleaned_to());
-            assert_eq!(
-                log.log_end_offset(),
-                written.last().map_or(0, |w| w.0 + 1),
-                "log end"
-            );
+            assert_eq!(log.log_end_offset(), end, "log end");
         }
     }
 
