@@ -24,7 +24,9 @@
 //! Offsets never change: see [`filter`]. A batch left empty is dropped, except the last batch of
 //! an idempotent producer id, which stays as an empty batch so producer state rebuilt from the
 //! log stays right. Control batches, compressed batches (the broker never decompresses: they are
-//! *not* compacted, and their keys do not enter the map) and keyless records are kept.
+//! *not* compacted, and their keys do not enter the map) and keyless records are kept. An output
+//! segment left with no batches is deleted, except the log's first (kept empty, so the log
+//! start offset never moves because of compaction).
 //!
 //! (3) The outputs are swapped in crash-safely ([`swap`]) under the checkpoint lock only; the
 //! reading and writing happen without any lock that appends take.
@@ -322,7 +324,10 @@ impl Inner {
             ..Default::default()
         };
         let bases: Vec<i64> = groups.iter().map(|g| g[0].base).collect();
-        // Groups whose every record went are removed, not replaced by empty segments.
+        // Groups whose every record went are removed, not replaced by empty segments; except
+        // the first, whose segment holds the log start: the log start offset never moves
+        // because of compaction (a fetch there gets the next batch, as in Kafka), and truncation
+        // and recovery rely on the first segment's base being at or below it.
         let mut emptied = vec![false; groups.len()];
         let written = (|| -> io::Result<()> {
             let mut published = Vec::new();
@@ -335,7 +340,7 @@ impl Inner {
                 }
                 let size = o.finish(&self.dir)?;
                 out.bytes_after += size;
-                if size == 0 {
+                if size == 0 && i > 0 {
                     emptied[i] = true;
                     swap::discard(&self.dir, group[0].base)?;
                 } else {
@@ -560,21 +565,7 @@ impl Inner {
                 return Err(StorageError::io(format!("cleaning {}", self.name), e));
             }
         };
-        let first_base = {
-            let mut segs = write(&self.segments);
-            segs.splice(..m, fresh);
-            segs.first().map(|s| s.base)
-        };
-        // Leading segments left with nothing were deleted: the log now starts at the first
-        // remaining segment, as it would after a restart (and the invariant "the first
-        // segment holds the log start" that truncation and retention rely on holds again).
-        if let Some(first) = first_base
-            && first > self.log_start.load(Ordering::Acquire)
-        {
-            let mut st = lock(&self.state);
-            self.log_start.fetch_max(first, Ordering::AcqRel);
-            st.epochs.truncate_from_start(first);
-        }
+        write(&self.segments).splice(..m, fresh);
         self.cleaned_to.fetch_max(end, Ordering::AcqRel);
         self.write_checkpoint_locked(false)?;
         Ok(true)

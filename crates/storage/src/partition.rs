@@ -1098,16 +1098,19 @@ impl Inner {
         for (i, s) in segs.iter().enumerate() {
             let is_last = i + 1 == segs.len();
             let end = if is_last { log_end } else { segs[i + 1].base };
-            if s.size() == 0 || end > hw {
+            if end > hw || (s.size() == 0 && is_last) {
                 break;
             }
-            let by_time = config.retention_ms >= 0 && {
-                let newest = s
-                    .max_timestamp(interval)
-                    .map_err(ctx)?
-                    .map_or_else(|| s.modified_ms(), |(ts, _)| ts);
-                now_ms.saturating_sub(newest) > config.retention_ms
-            };
+            // A sealed segment with nothing in it (the cleaner keeps the first one of a
+            // compacted log even when it emptied it) has nothing to retain.
+            let by_time = config.retention_ms >= 0
+                && (s.size() == 0 || {
+                    let newest = s
+                        .max_timestamp(interval)
+                        .map_err(ctx)?
+                        .map_or_else(|| s.modified_ms(), |(ts, _)| ts);
+                    now_ms.saturating_sub(newest) > config.retention_ms
+                });
             let by_size = !is_last
                 && config.retention_bytes >= 0
                 && total.saturating_sub(s.size()) >= config.retention_bytes as u64;

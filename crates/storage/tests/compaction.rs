@@ -162,11 +162,7 @@ fn latest_value_per_key_is_kept_at_its_original_offset() {
         model(&written, out.cleaned_to),
         "latest per key below the cleaned offset, everything above it"
     );
-    let first = all_records(&log)[0].0;
-    assert!(
-        (start..=first).contains(&log.log_start_offset()),
-        "log start moves at most to the first remaining segment"
-    );
+    assert_eq!(log.log_start_offset(), start, "log start stays");
     assert_eq!(log.log_end_offset(), end, "log end stays");
     assert_eq!(log.offset_for_timestamp(0).expect("lookup").map(|x| x.0), {
         Some(all_records(&log)[0].0)
@@ -702,7 +698,7 @@ fn a_crash_at_each_step_of_the_swap_loses_and_duplicates_nothing() {
 }
 
 #[test]
-fn segments_left_with_nothing_are_removed_not_kept_empty() {
+fn segments_left_with_nothing_are_removed_except_the_first() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = open(dir.path(), compact_config(512));
     let written = append_values(&log, &["only"], 60, 1_000);
@@ -712,16 +708,39 @@ fn segments_left_with_nothing_are_removed_not_kept_empty() {
         .clean(2_000, CleanOptions::default())
         .expect("clean")
         .expect("due");
-    assert_eq!(out.segments_after, 1, "one segment keeps the latest record");
-    assert_eq!(log.segment_count(), 2, "that one and the active segment");
+    assert_eq!(
+        out.segments_after, 2,
+        "the emptied first one and the latest record's"
+    );
+    assert_eq!(log.segment_count(), 3, "those two and the active segment");
     assert!(before > 4);
     let want = model(&written, out.cleaned_to);
     assert_eq!(all_records(&log), want);
-    assert!(log_files(dir.path()).iter().all(|(_, len)| *len > 0));
+    let files = log_files(dir.path());
+    assert_eq!(
+        files[0],
+        (seg_name(0, "log"), 0),
+        "the first segment stays, empty"
+    );
+    assert!(files[1..].iter().all(|(_, len)| *len > 0));
+    assert_eq!(
+        log.log_start_offset(),
+        0,
+        "compaction never moves the log start"
+    );
+    let r = log
+        .read(0, 1 << 20, i64::MAX, true)
+        .expect("read at the log start");
+    assert_eq!(
+        r.next_offset,
+        want[0].0 + 1,
+        "a fetch at 0 gets the first remaining batch"
+    );
     log.close().expect("close");
     drop(log);
     let log = open(dir.path(), compact_config(512));
     assert_eq!(all_records(&log), want, "after reopen");
+    assert_eq!(log.log_start_offset(), 0, "and after a reopen");
     assert_eq!(log.log_end_offset(), 60);
 }
 
@@ -855,6 +874,32 @@ fn records_appended_after_a_truncation_below_the_cleaned_offset_are_dirty() {
         .expect("clean")
         .expect("due");
     assert_eq!(all_records(&log), model(&written, out.cleaned_to));
+}
+
+#[test]
+fn retention_on_compact_delete_topics_is_not_stalled_by_an_emptied_first_segment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig {
+        cleanup_policy: CleanupPolicy::CompactDelete,
+        retention_ms: 10_000,
+        ..compact_config(512)
+    };
+    let log = open(dir.path(), config);
+    append_values(&log, &["only"], 30, 1_000);
+    append_values(&log, &["other"], 30, 50_000);
+    publish_all(&log);
+    log.clean(50_000, CleanOptions::default())
+        .expect("clean")
+        .expect("due");
+    assert_eq!(log_files(dir.path())[0].1, 0, "an emptied first segment");
+    // The old records (ts 1000) are past retention.ms at 20 000; the emptied segment must not
+    // stop retention from reaching the segment behind it.
+    let out = log.apply_retention(20_000).expect("retention");
+    assert!(out.segments_deleted >= 2, "{out:?}");
+    assert!(
+        all_records(&log).iter().all(|r| r.1 == b"other"),
+        "only the young records remain"
+    );
 }
 
 mod model_test {
