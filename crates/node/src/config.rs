@@ -391,6 +391,17 @@ mod tests {
             ("127.0.0.1", 9092)
         );
         assert_eq!(c.group_setting("group.initial.rebalance.delay.ms"), 3000);
+        assert!(c.log.cleaner_enable());
+        assert_eq!(c.log.cleaner_backoff_ms(), 15_000);
+    }
+
+    #[test]
+    fn cleaner_overrides_reach_the_log_manager() {
+        let c = config(&["log.cleaner.enable=false", "log.cleaner.backoff.ms=100"]).expect("valid");
+        assert!(!c.log.cleaner_enable());
+        assert_eq!(c.log.cleaner_backoff_ms(), 100);
+        assert!(config(&["log.cleaner.enable=maybe"]).is_err());
+        assert!(config(&["log.cleaner.backoff.ms=-1"]).is_err());
     }
 
     #[test]

@@ -14,7 +14,8 @@ use crate::producer_state::ProducerState;
 /// File name inside the partition directory.
 pub(crate) const CHECKPOINT_FILE: &str = "partition.checkpoint";
 const MAGIC: &[u8; 4] = b"SLCP";
-const VERSION: u8 = 1;
+/// Version 2 added `cleaned_to`; version 1 files are still read (as "nothing cleaned").
+const VERSION: u8 = 2;
 
 /// `(epoch, start offset)` pairs, Kafka's `LeaderEpochFileCache`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -88,6 +89,9 @@ pub(crate) struct Checkpoint {
     pub(crate) rp_segment_first_ms: Option<i64>,
     pub(crate) epochs: EpochCache,
     pub(crate) producers: ProducerState,
+    /// The log cleaner's "cleaned up to" offset: everything below it was compacted once, so
+    /// only what lies above it counts as dirty (Kafka's cleaner-offset-checkpoint).
+    pub(crate) cleaned_to: i64,
 }
 
 /// Cursor over a byte slice for decoding.
@@ -167,6 +171,7 @@ impl Checkpoint {
             out.extend_from_slice(&start.to_be_bytes());
         }
         self.producers.encode(&mut out);
+        out.extend_from_slice(&self.cleaned_to.to_be_bytes());
         let crc = crc32c::crc32c(&out);
         out.extend_from_slice(&crc.to_be_bytes());
         out
@@ -182,7 +187,8 @@ impl Checkpoint {
         if crc32c::crc32c(body) != stored {
             return Err("checkpoint fails its CRC32C".into());
         }
-        if body[4] != VERSION {
+        let version = body[4];
+        if version != VERSION && version != 1 {
             return Err(format!(
                 "checkpoint format version {} is not supported",
                 body[4]
@@ -211,6 +217,7 @@ impl Checkpoint {
                 epochs.entries.push((e, start));
             }
             let producers = ProducerState::decode(r)?;
+            let cleaned_to = if version >= 2 { r.i64()? } else { 0 };
             Some(Checkpoint {
                 clean_shutdown,
                 log_start,
@@ -221,6 +228,7 @@ impl Checkpoint {
                 rp_segment_first_ms,
                 epochs,
                 producers,
+                cleaned_to,
             })
         };
         let cp = parse(&mut r).ok_or("checkpoint is truncated")?;
@@ -293,6 +301,7 @@ mod tests {
             rp_position: 4096,
             rp_segment_max_ts: Some((7, 98)),
             rp_segment_first_ms: Some(1),
+            cleaned_to: 42,
             ..Default::default()
         };
         cp.epochs.assign(2, 3);

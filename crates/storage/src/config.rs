@@ -54,7 +54,7 @@ pub enum CleanupPolicy {
     /// Delete old segments by retention.
     #[default]
     Delete,
-    /// Keep the latest record per key (the compactor is not built yet: segments are kept).
+    /// Keep the latest record per key (the log cleaner, `crate::cleaner`, rewrites old segments).
     Compact,
     /// Both.
     CompactDelete,
@@ -98,6 +98,14 @@ pub struct LogConfig {
     pub cleanup_policy: CleanupPolicy,
     /// `producer.id.expiration.ms` (a broker setting that every log applies).
     pub producer_id_expiration_ms: i64,
+    /// `min.cleanable.dirty.ratio`: clean when this share of the cleanable bytes is dirty.
+    pub min_cleanable_dirty_ratio: f64,
+    /// `min.compaction.lag.ms`: a segment is cleanable once its newest record is this old.
+    pub min_compaction_lag_ms: i64,
+    /// `max.compaction.lag.ms`: clean whatever the dirty ratio once dirty data is this old.
+    pub max_compaction_lag_ms: i64,
+    /// `delete.retention.ms`: a tombstone survives cleaning until its timestamp is this old.
+    pub delete_retention_ms: i64,
 }
 
 impl Default for LogConfig {
@@ -114,6 +122,10 @@ impl Default for LogConfig {
             message_timestamp_type: TimestampType::CreateTime,
             cleanup_policy: CleanupPolicy::Delete,
             producer_id_expiration_ms: DEFAULT_PRODUCER_ID_EXPIRATION_MS,
+            min_cleanable_dirty_ratio: 0.5,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX,
+            delete_retention_ms: 86_400_000,
         }
     }
 }
@@ -490,6 +502,24 @@ pub static TOPIC_CONFIGS: &[ConfigDef] = &[
 /// Broker-only keys the storage layer reads: (key, type, default, rule).
 static BROKER_ONLY: &[(&str, ConfigType, &str, Rule)] = &[
     (
+        "log.cleaner.enable",
+        ConfigType::Boolean,
+        "true",
+        Rule::None,
+    ),
+    (
+        "log.cleaner.backoff.ms",
+        ConfigType::Long,
+        "15000",
+        Rule::Range(0, i64::MAX),
+    ),
+    (
+        "log.cleaner.dedupe.buffer.size",
+        ConfigType::Long,
+        "134217728",
+        Rule::Range(1 << 20, i64::MAX),
+    ),
+    (
         "log.retention.check.interval.ms",
         ConfigType::Long,
         "300000",
@@ -701,6 +731,20 @@ impl BrokerLogConfig {
             .unwrap_or(0)
     }
 
+    /// `log.cleaner.enable`: run the log cleaner for `cleanup.policy=compact` topics.
+    pub fn cleaner_enable(&self) -> bool {
+        self.set
+            .get("log.cleaner.enable")
+            .is_none_or(|v| v.eq_ignore_ascii_case("true"))
+    }
+    /// `log.cleaner.backoff.ms`: how long the cleaner sleeps when no log needs cleaning.
+    pub fn cleaner_backoff_ms(&self) -> i64 {
+        self.long("log.cleaner.backoff.ms")
+    }
+    /// `log.cleaner.dedupe.buffer.size`: memory for the key -> offset map of one clean.
+    pub fn cleaner_dedupe_buffer_size(&self) -> i64 {
+        self.long("log.cleaner.dedupe.buffer.size")
+    }
     /// `log.retention.check.interval.ms`.
     pub fn retention_check_interval_ms(&self) -> i64 {
         self.long("log.retention.check.interval.ms")
@@ -803,6 +847,14 @@ impl BrokerLogConfig {
             message_timestamp_type: timestamp,
             cleanup_policy,
             producer_id_expiration_ms: self.producer_id_expiration_ms(),
+            min_cleanable_dirty_ratio: {
+                let v = get("min.cleanable.dirty.ratio");
+                v.parse()
+                    .map_err(|_| invalid("min.cleanable.dirty.ratio", &v, "expected a number"))?
+            },
+            min_compaction_lag_ms: long("min.compaction.lag.ms")?.max(0),
+            max_compaction_lag_ms: long("max.compaction.lag.ms")?.max(1),
+            delete_retention_ms: long("delete.retention.ms")?.max(0),
         })
     }
 }

@@ -3,6 +3,7 @@
 //! - [`partition`]: [`PartitionLog`]: append, read, truncate, retention, recovery of one partition.
 //! - `segment` / `index`: one `.log` file with its sparse `.index` and `.timeindex`.
 //! - `checkpoint` / `producer_state` / `flush`: recovery point, idempotence, group-commit fsync.
+//! - [`cleaner`]: log compaction (`cleanup.policy=compact`): latest record per key, crash-safe swap.
 //! - [`manager`]: [`LogManager`]: all partitions of a data directory and their background work.
 //! - [`config`]: topic configs (Kafka names, defaults, validation); [`metadata`]: sled store.
 //!
@@ -28,6 +29,7 @@
 //! replaced atomically at segment roll, every ~10 s when the log changed, on DeleteRecords and
 //! retention, and at clean shutdown, so opening a log CRC-scans only what came after it.
 
+pub mod cleaner;
 pub mod config;
 pub mod error;
 pub mod manager;
@@ -40,6 +42,7 @@ mod index;
 mod producer_state;
 mod segment;
 
+pub use cleaner::{CleanOptions, CleanOutcome};
 pub use config::{BrokerLogConfig, CleanupPolicy, ConfigError, LogConfig, TimestampType};
 pub use error::{AppendError, ReadError, StorageError};
 pub use manager::LogManager;

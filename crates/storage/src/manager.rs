@@ -1,5 +1,6 @@
 //! [`LogManager`]: every partition log of one data directory, opened in parallel at start-up,
-//! plus the background thread that runs `flush.ms` flushes, periodic checkpoints and retention.
+//! plus the background thread that runs `flush.ms` flushes, periodic checkpoints and retention,
+//! and the log cleaner thread (`log.cleaner.enable`) that compacts `cleanup.policy=compact` logs.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -8,6 +9,7 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::cleaner::CleanOptions;
 use crate::config::{BrokerLogConfig, LogConfig};
 use crate::error::StorageError;
 use crate::partition::{PartitionLog, RecoveryStats};
@@ -25,6 +27,7 @@ pub struct LogManager {
     logs: Arc<RwLock<Logs>>,
     stop: Arc<(Mutex<bool>, Condvar)>,
     background: Mutex<Option<JoinHandle<()>>>,
+    cleaner: Mutex<Option<JoinHandle<()>>>,
 }
 
 fn now_ms() -> i64 {
@@ -146,6 +149,7 @@ impl LogManager {
             logs: Arc::new(RwLock::new(logs)),
             stop: Arc::new((Mutex::new(false), Condvar::new())),
             background: Mutex::new(None),
+            cleaner: Mutex::new(None),
         })
     }
 
@@ -282,6 +286,63 @@ impl LogManager {
             Ok(h) => *bg = Some(h),
             Err(e) => tracing::error!(error = %e, "could not start the log background thread"),
         }
+        drop(bg);
+        self.start_cleaner();
+    }
+
+    /// The log cleaner thread (Kafka's runs apart from retention too, so a long clean never
+    /// delays flushes or checkpoints): it cleans every compacted log that is due, and sleeps
+    /// `log.cleaner.backoff.ms` when none was.
+    fn start_cleaner(&self) {
+        if !self.broker.cleaner_enable() {
+            tracing::info!("log cleaner disabled (log.cleaner.enable=false)");
+            return;
+        }
+        let logs = Arc::clone(&self.logs);
+        let stop = Arc::clone(&self.stop);
+        let backoff = self.broker.cleaner_backoff_ms().max(1) as u64;
+        let opts = CleanOptions::with_buffer(self.broker.cleaner_dedupe_buffer_size());
+        let handle = thread::Builder::new()
+            .name("sluice-log-cleaner".into())
+            .spawn(move || {
+                let stopped = || *stop.0.lock().unwrap_or_else(|p| p.into_inner());
+                let mut cleaned_any = false;
+                loop {
+                    if !cleaned_any {
+                        let (flag, cv) = &*stop;
+                        let guard = flag.lock().unwrap_or_else(|p| p.into_inner());
+                        let (guard, _) = cv
+                            .wait_timeout_while(guard, Duration::from_millis(backoff), |s| !*s)
+                            .unwrap_or_else(|p| p.into_inner());
+                        if *guard {
+                            return;
+                        }
+                    }
+                    cleaned_any = false;
+                    let all: Vec<Arc<PartitionLog>> = logs
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .values()
+                        .cloned()
+                        .collect();
+                    for log in all.iter().filter(|l| l.config().cleanup_policy.compacts()) {
+                        if stopped() {
+                            return;
+                        }
+                        match log.clean(now_ms(), opts) {
+                            Ok(Some(_)) => cleaned_any = true,
+                            Ok(None) => {}
+                            Err(e) => {
+                                tracing::warn!(log = log.name(), error = %e, "log cleaning failed")
+                            }
+                        }
+                    }
+                }
+            });
+        match handle {
+            Ok(h) => *self.cleaner.lock().unwrap_or_else(|p| p.into_inner()) = Some(h),
+            Err(e) => tracing::error!(error = %e, "could not start the log cleaner thread"),
+        }
     }
 
     /// Clean shutdown: stops the background thread, then flushes and checkpoints every log
@@ -292,13 +353,10 @@ impl LogManager {
             *flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
             cv.notify_all();
         }
-        if let Some(h) = self
-            .background
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            let _ = h.join();
+        for slot in [&self.background, &self.cleaner] {
+            if let Some(h) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                let _ = h.join();
+            }
         }
         let mut first = Ok(());
         for (_, _, log) in self.partitions() {

@@ -20,6 +20,7 @@ use sluice_protocol::records::read_records;
 use tokio::sync::watch;
 
 use crate::checkpoint::{Checkpoint, EpochCache};
+use crate::cleaner::{self, CleanOptions, CleanOutcome};
 use crate::config::{LogConfig, TimestampType};
 use crate::error::{AppendError, ReadError, StorageError};
 use crate::flush::{FlushPool, block_on};
@@ -91,24 +92,24 @@ pub struct RecoveryStats {
 }
 
 /// State only appends (and truncation, roll, retention) touch; one mutex serializes them.
-struct AppendState {
-    producers: ProducerState,
-    epochs: EpochCache,
+pub(crate) struct AppendState {
+    pub(crate) producers: ProducerState,
+    pub(crate) epochs: EpochCache,
     next_offset: i64,
     active: Arc<Segment>,
 }
 
 pub(crate) struct Inner {
-    dir: PathBuf,
-    name: String,
-    config: RwLock<LogConfig>,
-    segments: RwLock<Vec<Arc<Segment>>>,
-    state: Mutex<AppendState>,
-    log_start: AtomicI64,
+    pub(crate) dir: PathBuf,
+    pub(crate) name: String,
+    pub(crate) config: RwLock<LogConfig>,
+    pub(crate) segments: RwLock<Vec<Arc<Segment>>>,
+    pub(crate) state: Mutex<AppendState>,
+    pub(crate) log_start: AtomicI64,
     log_end: AtomicI64,
     durable: AtomicI64,
     durable_tx: watch::Sender<i64>,
-    hw_tx: watch::Sender<i64>,
+    pub(crate) hw_tx: watch::Sender<i64>,
     /// Single-replica mode: every fsync pass moves the high watermark to what it made durable.
     hw_follows_durable: AtomicBool,
     closed: AtomicBool,
@@ -118,13 +119,15 @@ pub(crate) struct Inner {
     /// Serializes fsync passes (and truncation, which must not race one).
     flush_lock: Mutex<()>,
     /// Serializes checkpoint writers, so an older snapshot never overwrites a newer one.
-    checkpoint_lock: Mutex<()>,
+    pub(crate) checkpoint_lock: Mutex<()>,
     /// Wall time of the oldest append not yet fsynced (i64::MAX when none), for `flush.ms`.
     oldest_unflushed_ms: AtomicI64,
     /// Log end offset the last checkpoint recorded.
     checkpointed_end: AtomicI64,
     recovery: RecoveryStats,
     appended_bytes: AtomicU64,
+    /// The cleaner's "cleaned up to" offset (persisted in the checkpoint).
+    pub(crate) cleaned_to: AtomicI64,
 }
 
 /// The log of one partition. `Send + Sync`; share it as `Arc<PartitionLog>`.
@@ -132,13 +135,13 @@ pub struct PartitionLog {
     inner: Arc<Inner>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
-fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+pub(crate) fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|p| p.into_inner())
 }
-fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+pub(crate) fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -190,6 +193,7 @@ impl PartitionLog {
             checkpointed_end: AtomicI64::new(if recovered.needs_checkpoint { -1 } else { leo }),
             recovery: recovered.stats,
             appended_bytes: AtomicU64::new(0),
+            cleaned_to: AtomicI64::new(recovered.cleaned_to),
         };
         let log = PartitionLog {
             inner: Arc::new(inner),
@@ -480,6 +484,22 @@ impl PartitionLog {
         self.inner.apply_retention(now_ms)
     }
 
+    /// Log compaction (`cleanup.policy=compact`): one pass of the log cleaner if it is due
+    /// (or `opts.force`), see [`crate::cleaner`]. `Ok(None)` when nothing was cleaned.
+    /// Appends proceed meanwhile; only the final swap takes the checkpoint lock.
+    pub fn clean(
+        &self,
+        now_ms: i64,
+        opts: CleanOptions,
+    ) -> Result<Option<CleanOutcome>, StorageError> {
+        self.inner.clean(now_ms, opts)
+    }
+
+    /// The cleaner's "cleaned up to" offset: below it the log was compacted at least once.
+    pub fn cleaned_to(&self) -> i64 {
+        self.inner.cleaned_to.load(Ordering::Acquire)
+    }
+
     /// Removes every batch at and after `offset`. Truncation works on batch boundaries: a batch
     /// that contains `offset` is removed whole, so the new log end may be below `offset`
     /// (replication only truncates at batch boundaries). Producer state and leader epochs are
@@ -548,7 +568,7 @@ impl Drop for PartitionLog {
 }
 
 impl Inner {
-    fn check_usable(&self) -> Result<(), StorageError> {
+    pub(crate) fn check_usable(&self) -> Result<(), StorageError> {
         if let Some(reason) = lock(&self.failure).clone() {
             return Err(StorageError::Offline {
                 log: self.name.clone(),
@@ -562,7 +582,7 @@ impl Inner {
     }
 
     /// Takes the log offline after an I/O failure whose effect on disk is unknown.
-    fn fail(&self, what: &str, e: &io::Error) {
+    pub(crate) fn fail(&self, what: &str, e: &io::Error) {
         let mut f = lock(&self.failure);
         if f.is_none() {
             tracing::error!(log = %self.name, error = %e, "{what} failed; the log is offline until reopened");
@@ -818,7 +838,7 @@ impl Inner {
         self.write_checkpoint_locked(clean)
     }
 
-    fn write_checkpoint_locked(&self, clean: bool) -> Result<(), StorageError> {
+    pub(crate) fn write_checkpoint_locked(&self, clean: bool) -> Result<(), StorageError> {
         if lock(&self.failure).is_some() {
             return Err(StorageError::Offline {
                 log: self.name.clone(),
@@ -841,6 +861,7 @@ impl Inner {
                 rp_segment_first_ms: st.active.first_batch_ms(),
                 epochs: st.epochs.clone(),
                 producers: st.producers.clone(),
+                cleaned_to: self.cleaned_to.load(Ordering::Acquire),
             }
         };
         {
@@ -1077,16 +1098,19 @@ impl Inner {
         for (i, s) in segs.iter().enumerate() {
             let is_last = i + 1 == segs.len();
             let end = if is_last { log_end } else { segs[i + 1].base };
-            if s.size() == 0 || end > hw {
+            if end > hw || (s.size() == 0 && is_last) {
                 break;
             }
-            let by_time = config.retention_ms >= 0 && {
-                let newest = s
-                    .max_timestamp(interval)
-                    .map_err(ctx)?
-                    .map_or_else(|| s.modified_ms(), |(ts, _)| ts);
-                now_ms.saturating_sub(newest) > config.retention_ms
-            };
+            // A sealed segment with nothing in it (the cleaner keeps the first one of a
+            // compacted log even when it emptied it) has nothing to retain.
+            let by_time = config.retention_ms >= 0
+                && (s.size() == 0 || {
+                    let newest = s
+                        .max_timestamp(interval)
+                        .map_err(ctx)?
+                        .map_or_else(|| s.modified_ms(), |(ts, _)| ts);
+                    now_ms.saturating_sub(newest) > config.retention_ms
+                });
             let by_size = !is_last
                 && config.retention_bytes >= 0
                 && total.saturating_sub(s.size()) >= config.retention_bytes as u64;
@@ -1160,8 +1184,10 @@ impl Inner {
                     StorageError::Corrupt(format!("{} has no segments", self.name))
                 })?;
                 let (pos, end) = match seg.find_batch(offset, interval).map_err(ctx)? {
-                    Some((pos, h)) => (pos, h.base_offset.max(seg.base)),
-                    None => (seg.size(), offset),
+                    // `offset` in a gap left by compaction: the log ends at `offset` itself
+                    // (never below the segment's base).
+                    Some((pos, h)) => (pos, h.base_offset.min(offset).max(seg.base)),
+                    None => (seg.size(), offset.max(seg.base)),
                 };
                 // Later segments go first, newest first, so a crash part-way never leaves data
                 // after the cut that a recovery scan would accept.
@@ -1190,6 +1216,8 @@ impl Inner {
                 self.log_start.store(new_end, Ordering::Release);
             }
             st.epochs.truncate_from_end(new_end);
+            // What gets appended after the cut is dirty, whatever was cleaned before.
+            self.cleaned_to.fetch_min(new_end, Ordering::AcqRel);
             st.producers = self.rebuild_producers(new_end).map_err(ctx)?;
             self.sync_unsynced().map_err(ctx)?;
             self.durable.store(new_end, Ordering::Release);
@@ -1290,12 +1318,15 @@ struct Recovered {
     epochs: EpochCache,
     stats: RecoveryStats,
     needs_checkpoint: bool,
+    cleaned_to: i64,
 }
 
 /// Opens the segments of `dir`, trusting everything below the checkpoint's recovery point and
 /// CRC-checking everything after it; cuts a torn or corrupt tail.
 fn recover(dir: &Path, name: &str, config: &LogConfig) -> Result<Recovered, StorageError> {
     let ctx = |what: &str| io_err(format!("{what} in {}", dir.display()));
+    // A crash during a clean's swap: finish it (or discard it) before anything is listed.
+    cleaner::complete_swaps(dir, name).map_err(ctx("finishing a cleaner swap"))?;
     let mut bases = Vec::new();
     let mut stray = Vec::new();
     for entry in fs::read_dir(dir).map_err(ctx("listing"))? {
@@ -1374,6 +1405,7 @@ fn recover(dir: &Path, name: &str, config: &LogConfig) -> Result<Recovered, Stor
     stats.clean_shutdown = cp.as_ref().is_some_and(|c| c.clean_shutdown);
     let mut producers = cp.as_ref().map(|c| c.producers.clone()).unwrap_or_default();
     let mut epochs = cp.as_ref().map(|c| c.epochs.clone()).unwrap_or_default();
+    let cleaned_to = cp.as_ref().map_or(0, |c| c.cleaned_to);
     let mut next_offset = cp
         .as_ref()
         .map_or(log_start, |c| c.recovery_point.max(log_start));
@@ -1501,5 +1533,6 @@ fn recover(dir: &Path, name: &str, config: &LogConfig) -> Result<Recovered, Stor
         epochs,
         stats,
         needs_checkpoint: scanned_any || cp.is_none(),
+        cleaned_to,
     })
 }

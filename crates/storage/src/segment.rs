@@ -130,6 +130,20 @@ impl Segment {
         ))
     }
 
+    /// Opens the file at `path` (a cleaner's `.swap`) read-only as a sealed segment at `base`,
+    /// only to scan it.
+    pub(crate) fn open_at(dir: &Path, base: i64, path: &Path) -> io::Result<Segment> {
+        let file = File::open(path)?;
+        let size = file.metadata()?.len();
+        Ok(Self::with_file(
+            dir,
+            base,
+            file,
+            size,
+            IndexState::Sealed(None),
+        ))
+    }
+
     fn with_file(dir: &Path, base: i64, file: File, size: u64, index: IndexState) -> Segment {
         Segment {
             base,
