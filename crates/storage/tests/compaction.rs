@@ -8,8 +8,8 @@ use std::fs;
 use std::path::Path;
 
 use bytes::Bytes;
-use common::push_varint;
-use sluice_protocol::batch::{HEADER_LEN, LOG_OVERHEAD, compute_crc, iter_batches};
+use common::{BatchFields, frame_batch, push_varint};
+use sluice_protocol::batch::iter_batches;
 use sluice_protocol::records::read_records;
 use sluice_storage::{CleanOptions, CleanupPolicy, LogConfig, PartitionLog};
 
@@ -36,25 +36,19 @@ fn keyed(records: &[Rec], ts: i64, producer: Option<(i64, i32)>) -> Bytes {
         push_varint(&mut body, rec.len() as i64);
         body.extend_from_slice(&rec);
     }
-    let n = records.len() as i32;
     let (pid, seq) = producer.unwrap_or((-1, -1));
-    let epoch: i16 = if pid >= 0 { 0 } else { -1 };
-    let mut b = vec![0u8; HEADER_LEN];
-    b.extend_from_slice(&body);
-    let len = (b.len() - LOG_OVERHEAD) as i32;
-    b[8..12].copy_from_slice(&len.to_be_bytes());
-    b[12..16].copy_from_slice(&(-1i32).to_be_bytes());
-    b[16] = 2;
-    b[23..27].copy_from_slice(&(n - 1).to_be_bytes());
-    b[27..35].copy_from_slice(&ts.to_be_bytes());
-    b[35..43].copy_from_slice(&ts.to_be_bytes());
-    b[43..51].copy_from_slice(&pid.to_be_bytes());
-    b[51..53].copy_from_slice(&epoch.to_be_bytes());
-    b[53..57].copy_from_slice(&seq.to_be_bytes());
-    b[57..61].copy_from_slice(&n.to_be_bytes());
-    let crc = compute_crc(&b);
-    b[17..21].copy_from_slice(&crc.to_be_bytes());
-    Bytes::from(b)
+    Bytes::from(frame_batch(
+        &body,
+        records.len() as i32,
+        BatchFields {
+            compression: 0,
+            base_ts: ts,
+            max_ts: ts,
+            producer_id: pid,
+            producer_epoch: if pid >= 0 { 0 } else { -1 },
+            base_sequence: seq,
+        },
+    ))
 }
 
 fn compact_config(segment_bytes: u64) -> LogConfig {

@@ -62,25 +62,50 @@ impl Spec {
             body.extend_from_slice(&rec);
         }
         let max_ts = self.base_ts + self.records.iter().map(|r| r.0).max().unwrap_or(0);
-        let n = self.records.len() as i32;
-        let mut b = vec![0u8; HEADER_LEN];
-        b.extend_from_slice(&body);
-        let len = (b.len() - LOG_OVERHEAD) as i32;
-        b[8..12].copy_from_slice(&len.to_be_bytes());
-        b[12..16].copy_from_slice(&(-1i32).to_be_bytes());
-        b[16] = 2;
-        b[21..23].copy_from_slice(&self.compression.to_be_bytes());
-        b[23..27].copy_from_slice(&(n - 1).to_be_bytes());
-        b[27..35].copy_from_slice(&self.base_ts.to_be_bytes());
-        b[35..43].copy_from_slice(&max_ts.to_be_bytes());
-        b[43..51].copy_from_slice(&self.producer_id.to_be_bytes());
-        b[51..53].copy_from_slice(&self.producer_epoch.to_be_bytes());
-        b[53..57].copy_from_slice(&self.base_sequence.to_be_bytes());
-        b[57..61].copy_from_slice(&n.to_be_bytes());
-        let crc = compute_crc(&b);
-        b[17..21].copy_from_slice(&crc.to_be_bytes());
-        b
+        frame_batch(
+            &body,
+            self.records.len() as i32,
+            BatchFields {
+                compression: self.compression,
+                base_ts: self.base_ts,
+                max_ts,
+                producer_id: self.producer_id,
+                producer_epoch: self.producer_epoch,
+                base_sequence: self.base_sequence,
+            },
+        )
     }
+}
+
+/// The header fields a test batch sets (offsets and leader epoch are left for the log).
+pub struct BatchFields {
+    pub compression: i16,
+    pub base_ts: i64,
+    pub max_ts: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+}
+
+/// A magic-2 batch around `body` (the encoded records, `n` of them), its CRC32C computed.
+pub fn frame_batch(body: &[u8], n: i32, f: BatchFields) -> Vec<u8> {
+    let mut b = vec![0u8; HEADER_LEN];
+    b.extend_from_slice(body);
+    let len = (b.len() - LOG_OVERHEAD) as i32;
+    b[8..12].copy_from_slice(&len.to_be_bytes());
+    b[12..16].copy_from_slice(&(-1i32).to_be_bytes());
+    b[16] = 2;
+    b[21..23].copy_from_slice(&f.compression.to_be_bytes());
+    b[23..27].copy_from_slice(&(n - 1).to_be_bytes());
+    b[27..35].copy_from_slice(&f.base_ts.to_be_bytes());
+    b[35..43].copy_from_slice(&f.max_ts.to_be_bytes());
+    b[43..51].copy_from_slice(&f.producer_id.to_be_bytes());
+    b[51..53].copy_from_slice(&f.producer_epoch.to_be_bytes());
+    b[53..57].copy_from_slice(&f.base_sequence.to_be_bytes());
+    b[57..61].copy_from_slice(&n.to_be_bytes());
+    let crc = compute_crc(&b);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b
 }
 
 /// A batch of `n` records of `size` bytes each, values tagged with `tag`.
