@@ -330,7 +330,6 @@ impl Inner {
         // and recovery rely on the first segment's base being at or below it.
         let mut emptied = vec![false; groups.len()];
         let written = (|| -> io::Result<()> {
-            let mut published = Vec::new();
             for (i, group) in groups.iter().enumerate() {
                 let mut o = Output::create(&self.dir, group[0].base, config.index_interval_bytes)?;
                 for seg in group.iter() {
@@ -343,11 +342,9 @@ impl Inner {
                 if size == 0 && i > 0 {
                     emptied[i] = true;
                     swap::discard(&self.dir, group[0].base)?;
-                } else {
-                    published.push(group[0].base);
                 }
             }
-            swap::publish(&self.dir, &published)
+            Ok(())
         })();
         out.segments_after = emptied.iter().filter(|e| !**e).count();
         if let Err(e) = written {
@@ -533,6 +530,19 @@ impl Inner {
             // were truncated below them meanwhile.
             discard("the checkpoint before the swap failed");
             return Err(e);
+        }
+        // Published only now, under the checkpoint lock and after the checks above: a `.swap`
+        // is finished by the next open, so it must never appear for a log that changed or was
+        // deleted meanwhile (a topic re-created under the same name reuses the directory path).
+        let published: Vec<i64> = groups
+            .iter()
+            .zip(emptied)
+            .filter(|(_, e)| !**e)
+            .map(|(g, _)| g[0].base)
+            .collect();
+        if let Err(e) = swap::publish(dir, &published) {
+            discard("publishing the cleaned files failed");
+            return Err(StorageError::io(format!("cleaning {}", self.name), e));
         }
         let installed = (|| -> io::Result<Vec<Arc<Segment>>> {
             let mut fresh = Vec::with_capacity(groups.len());

@@ -551,6 +551,10 @@ impl PartitionLog {
     }
 
     pub(crate) fn mark_closed_for_delete(&self) {
+        // Under the checkpoint lock, which a clean holds from its last checks through its swap:
+        // a clean either finishes before the directory is renamed away, or sees the log closed
+        // and publishes nothing.
+        let _c = lock(&self.inner.checkpoint_lock);
         self.inner.closed.store(true, Ordering::Release);
         self.inner.durable_tx.send_modify(|_| {});
     }

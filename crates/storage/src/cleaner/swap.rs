@@ -2,9 +2,10 @@
 //! nothing twice.
 //!
 //! 1. Write `<base>.log.cleaned`, `<base>.index.cleaned`, `<base>.timeindex.cleaned`; fsync them.
-//! 2. [`publish`]: rename them to `.swap` (indexes first, the log last); fsync the directory.
+//! 2. [`publish`] (under the partition's checkpoint lock, once the log is known to be open and
+//!    unchanged): rename them to `.swap` (indexes first, the log last); fsync the directory.
 //!    A `<base>.log.swap` is therefore always a complete, fsynced file.
-//! 3. [`install`] (under the partition's checkpoint lock): delete the group's other segments,
+//! 3. [`install`] (under the same lock): delete the group's other segments,
 //!    rename the index swaps, then rename `<base>.log.swap` over `<base>.log`; fsync the
 //!    directory. The first segment of a group shares the new segment's name, so readers of the
 //!    old one keep its open file handles and the name switches atomically.
