@@ -184,20 +184,45 @@ def kthreads_cpu():
     return total / CLK_TCK
 
 
-def disk_written_bytes(path):
-    """Bytes written to the block device holding `path` (/proc/diskstats, whole device)."""
+def diskstats(path):
+    """The /proc/diskstats fields of the block device holding `path`, or None."""
     st = os.stat(path)
     major, minor = os.major(st.st_dev), os.minor(st.st_dev)
-    names = {}
     with open("/proc/diskstats") as f:
         for line in f:
             v = line.split()
-            names[(int(v[0]), int(v[1]))] = v
-    v = names.get((major, minor))
-    if v is None:
-        return None
+            if (int(v[0]), int(v[1])) == (major, minor):
+                return v
+    return None
+
+
+def disk_written_bytes(path):
+    """Bytes written to the block device holding `path` (/proc/diskstats, whole device)."""
+    v = diskstats(path)
     # A partition's parent device has the same counters; the partition's own are enough.
-    return int(v[9]) * 512
+    return None if v is None else int(v[9]) * 512
+
+
+def settle_disk(path, limit=15.0):
+    """Waits until the files the last run deleted are really gone from the disk. On a file
+    system mounted with `discard` (this VM's root is), deleting a run's gigabytes makes the next
+    journal commit send the device discards, and while the device works through them the whole
+    machine stalls for up to half a second (seen in /proc/diskstats: the next run's tail latency
+    came from there). sync() forces that commit now; then wait for the discards and writes in
+    flight to drain, at most `limit` seconds."""
+    os.sync()
+    deadline = time.monotonic() + limit
+    last = None
+    while time.monotonic() < deadline:
+        v = diskstats(path)
+        if v is None:
+            return
+        # Field 11 (0-based) is I/Os in flight; 14 discards completed (kernels >= 4.18).
+        now = (int(v[11]), v[14] if len(v) > 14 else None)
+        if last is not None and now[0] == 0 and now[1] == last[1]:
+            return
+        last = now
+        time.sleep(0.2)
 
 
 def proc_write_bytes(pid):
@@ -228,6 +253,7 @@ class Broker:
     def start(self, idle_wait):
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir(parents=True)
+        settle_disk(self.dir)
         for attempt in range(5):
             self.port = free_port()
             addr = f"127.0.0.1:{self.port}"

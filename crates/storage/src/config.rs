@@ -106,6 +106,9 @@ pub struct LogConfig {
     pub max_compaction_lag_ms: i64,
     /// `delete.retention.ms`: a tombstone survives cleaning until its timestamp is this old.
     pub delete_retention_ms: i64,
+    /// `preallocate`: reserve a new segment's whole `segment.bytes` on disk when it is created
+    /// (without that, the active segment still reserves a few MiB ahead of its end).
+    pub preallocate: bool,
 }
 
 impl Default for LogConfig {
@@ -126,6 +129,7 @@ impl Default for LogConfig {
             min_compaction_lag_ms: 0,
             max_compaction_lag_ms: i64::MAX,
             delete_retention_ms: 86_400_000,
+            preallocate: false,
         }
     }
 }
@@ -135,6 +139,16 @@ impl LogConfig {
     /// append is fsynced (by group commit) before the producer hears back.
     pub fn sync_before_ack(&self) -> bool {
         self.flush_messages <= 1
+    }
+
+    /// Bytes of disk to reserve for a new segment when it is created: all of `segment.bytes`
+    /// with `preallocate`, else none (the active segment then reserves as it grows).
+    pub fn segment_reserve(&self) -> u64 {
+        if self.preallocate {
+            self.segment_bytes
+        } else {
+            0
+        }
     }
 }
 
@@ -426,7 +440,7 @@ pub static TOPIC_CONFIGS: &[ConfigDef] = &[
         kind: ConfigType::Boolean,
         default: "false",
         broker_keys: &[("log.preallocate", 1)],
-        doc: "preallocate segment files",
+        doc: "reserve a new segment's segment.bytes on disk when it is created",
         rule: Rule::None,
     },
     ConfigDef {
@@ -855,6 +869,7 @@ impl BrokerLogConfig {
             min_compaction_lag_ms: long("min.compaction.lag.ms")?.max(0),
             max_compaction_lag_ms: long("max.compaction.lag.ms")?.max(1),
             delete_retention_ms: long("delete.retention.ms")?.max(0),
+            preallocate: get("preallocate").eq_ignore_ascii_case("true"),
         })
     }
 }

@@ -754,7 +754,8 @@ impl Inner {
         let old = Arc::clone(&st.active);
         old.seal()
             .map_err(io_err(format!("sealing {}", old.path("log").display())))?;
-        let seg = Segment::create(&self.dir, st.next_offset).map_err(io_err(format!(
+        let reserve = read(&self.config).segment_reserve();
+        let seg = Segment::create(&self.dir, st.next_offset, reserve).map_err(io_err(format!(
             "creating segment {} in {}",
             st.next_offset,
             self.dir.display()
@@ -1180,7 +1181,8 @@ impl Inner {
                     s.delete_files().map_err(ctx)?;
                 }
                 tracing::warn!(log = %self.name, offset, restart, "truncating the whole log");
-                let seg = Arc::new(Segment::create(&self.dir, restart).map_err(ctx)?);
+                let reserve = read(&self.config).segment_reserve();
+                let seg = Arc::new(Segment::create(&self.dir, restart, reserve).map_err(ctx)?);
                 write(&self.segments).push(Arc::clone(&seg));
                 (seg, restart)
             } else {
@@ -1505,7 +1507,8 @@ fn recover(dir: &Path, name: &str, config: &LogConfig) -> Result<Recovered, Stor
     }
 
     if segments.is_empty() {
-        let seg = Segment::create(dir, next_offset).map_err(ctx("creating segment"))?;
+        let seg = Segment::create(dir, next_offset, config.segment_reserve())
+            .map_err(ctx("creating segment"))?;
         segments.push(Arc::new(seg));
         scanned_any = true;
     }

@@ -4,6 +4,13 @@
 //! committed size; readers use positional reads bounded by that size, so they never see a
 //! half-written batch. The `File` lives as long as any `Arc<Segment>`, so deleting a segment
 //! while a reader holds it is safe.
+//!
+//! The segment being written keeps disk blocks reserved ahead of its end (`fallocate` with
+//! `FALLOC_FL_KEEP_SIZE`, so the file's length is still exactly its batches). Without that, ext4
+//! allocates blocks for each write when the fsync writes it back (delayed allocation), and an
+//! append racing that fsync can wait for the inode's allocation lock (seen in `sched_switch`
+//! stacks of multi-millisecond appends under load; docs/benchmarks.md has the figures). Sealing
+//! gives the unused reservation back, as does any truncation.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, IoSlice, Write};
@@ -29,6 +36,13 @@ pub(crate) fn parse_file_name(name: &str, ext: &str) -> Option<i64> {
     }
     stem.parse().ok()
 }
+
+/// The least and the most the active segment keeps reserved beyond its end: as much as it already
+/// holds, within these bounds, so a partition that sees little traffic reserves little.
+const RESERVE_MIN: u64 = 256 << 10;
+const RESERVE_MAX: u64 = 16 << 20;
+/// `reserved` once the file system has refused `fallocate`: no further attempts.
+const RESERVE_UNSUPPORTED: u64 = u64::MAX;
 
 /// Index state of the segment being written: entries in memory, flushed to disk in bulk.
 #[derive(Debug, Default)]
@@ -69,6 +83,8 @@ pub(crate) struct Segment {
     file: File,
     committed: AtomicU64,
     synced: AtomicU64,
+    /// End of the blocks reserved for this file (may be past its length); written by appends.
+    reserved: AtomicU64,
     index_unsynced: AtomicBool,
     index: RwLock<IndexState>,
 }
@@ -90,8 +106,9 @@ fn write_lock<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 }
 
 impl Segment {
-    /// Creates an empty segment (replacing any stale file of the same name).
-    pub(crate) fn create(dir: &Path, base: i64) -> io::Result<Segment> {
+    /// Creates an empty segment (replacing any stale file of the same name); `reserve` bytes of
+    /// disk are reserved for it up front (`preallocate`), 0 for the default reserve-ahead.
+    pub(crate) fn create(dir: &Path, base: i64, reserve: u64) -> io::Result<Segment> {
         for ext in ["index", "timeindex"] {
             match fs::remove_file(dir.join(file_name(base, ext))) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -105,13 +122,17 @@ impl Segment {
             .truncate(false)
             .open(dir.join(file_name(base, "log")))?;
         file.set_len(0)?;
-        Ok(Self::with_file(
+        let seg = Self::with_file(
             dir,
             base,
             file,
             0,
             IndexState::Active(ActiveIndex::default()),
-        ))
+        );
+        if reserve > 0 {
+            seg.reserve_to(reserve);
+        }
+        Ok(seg)
     }
 
     /// Opens an existing segment file as sealed (indexes opened lazily).
@@ -151,6 +172,7 @@ impl Segment {
             file,
             committed: AtomicU64::new(size),
             synced: AtomicU64::new(size),
+            reserved: AtomicU64::new(size),
             index_unsynced: AtomicBool::new(false),
             index: RwLock::new(index),
         }
@@ -175,7 +197,7 @@ impl Segment {
 
     /// Cuts the file at `pos` during recovery (the index is rebuilt by the caller).
     pub(crate) fn truncate_file(&self, pos: u64) -> io::Result<()> {
-        self.file.set_len(pos)?;
+        self.cut(pos)?;
         self.committed.store(pos, Ordering::Release);
         self.synced.store(0, Ordering::Release);
         Ok(())
@@ -198,6 +220,10 @@ impl Segment {
     pub(crate) fn append(&self, bufs: &[IoSlice<'_>]) -> io::Result<u64> {
         let pos = self.size();
         let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let end = pos + total as u64;
+        if end > self.reserved.load(Ordering::Relaxed) {
+            self.reserve_to(end + pos.clamp(RESERVE_MIN, RESERVE_MAX));
+        }
         let mut storage: Vec<IoSlice<'_>> = bufs.to_vec();
         let mut slices: &mut [IoSlice<'_>] = &mut storage;
         let result = (|| {
@@ -217,11 +243,51 @@ impl Segment {
         })();
         if let Err(e) = result {
             // Leave no torn batch behind for readers or recovery.
-            let _ = self.file.set_len(pos);
+            let _ = self.cut(pos);
             return Err(e);
         }
         self.committed.store(pos + total as u64, Ordering::Release);
         Ok(pos)
+    }
+
+    /// Reserves disk blocks up to `target` without changing the file's length. Best effort: a
+    /// file system without `fallocate` turns it off for this segment, and any other failure
+    /// (a full disk) is left for the write itself to report.
+    fn reserve_to(&self, target: u64) {
+        let from = self.reserved.load(Ordering::Relaxed);
+        if from >= target {
+            return;
+        }
+        let flags = rustix::fs::FallocateFlags::KEEP_SIZE;
+        match rustix::fs::fallocate(&self.file, flags, from, target - from) {
+            Ok(()) => self.reserved.store(target, Ordering::Relaxed),
+            Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
+                tracing::debug!(segment = %self.path("log").display(), "file system cannot reserve blocks (fallocate): appends allocate as they go");
+                self.reserved.store(RESERVE_UNSUPPORTED, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::debug!(segment = %self.path("log").display(), error = %e, "could not reserve blocks ahead of the segment's end");
+            }
+        }
+    }
+
+    /// Sets the file's length to `pos`, which also frees any reservation past it.
+    fn cut(&self, pos: u64) -> io::Result<()> {
+        self.file.set_len(pos)?;
+        if self.reserved.load(Ordering::Relaxed) != RESERVE_UNSUPPORTED {
+            self.reserved.store(pos, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Gives back blocks reserved past the file's end (a sealed segment grows no more).
+    fn release_reserve(&self) -> io::Result<()> {
+        let reserved = self.reserved.load(Ordering::Relaxed);
+        if reserved != RESERVE_UNSUPPORTED && reserved > self.size() {
+            // Truncating to the current length frees the blocks past it.
+            self.cut(self.size())?;
+        }
+        Ok(())
     }
 
     /// Records a just-appended batch in the active index, Kafka's way: an offset entry when more
@@ -386,6 +452,7 @@ impl Segment {
             }
         }
         self.persist_index()?;
+        self.release_reserve()?;
         // Make sure both files exist even for an empty segment, so recovery sees no "missing".
         for ext in ["index", "timeindex"] {
             OpenOptions::new()
@@ -423,7 +490,7 @@ impl Segment {
 
     /// Cuts the file at `pos` (a batch boundary) and rebuilds the active index for what is left.
     pub(crate) fn truncate(&self, pos: u64, interval: usize) -> io::Result<()> {
-        self.file.set_len(pos)?;
+        self.cut(pos)?;
         self.committed.store(pos, Ordering::Release);
         self.synced.store(0, Ordering::Release);
         let ix = self.rebuild_active(pos, interval)?;

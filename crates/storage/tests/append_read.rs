@@ -391,3 +391,72 @@ fn shared_types_are_send_and_sync() {
     check::<sluice_storage::LogManager>();
     check::<sluice_storage::MetadataStore>();
 }
+
+/// Disk space a file really holds (its allocated blocks), as opposed to its length.
+fn allocated(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).expect("stat").blocks() * 512
+}
+
+fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn active_segment_reserves_disk_ahead_and_sealing_gives_it_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig {
+        segment_bytes: 64 << 10,
+        ..LogConfig::default()
+    };
+    let log = open(dir.path(), config);
+    log.append(batch_of(4, 200, 1, 1000), 0, 5000)
+        .expect("append");
+    let active = &segment_files(dir.path())[0];
+    let len = std::fs::metadata(active).expect("stat").len();
+    assert!(len < 4096, "the file's length is its one batch: {len}");
+    // Reserved past the end (256 KiB at least) without changing the length readers use.
+    assert!(
+        allocated(active) >= 256 << 10,
+        "only {} bytes allocated",
+        allocated(active)
+    );
+    let mut n = 1;
+    while segment_files(dir.path()).len() < 2 {
+        n += 1;
+        log.append(batch_of(4, 1000, n, 1000), 0, 5000)
+            .expect("append");
+    }
+    let sealed = &segment_files(dir.path())[0];
+    let len = std::fs::metadata(sealed).expect("stat").len();
+    assert!(
+        allocated(sealed) <= len.next_multiple_of(4096) + 4096,
+        "sealed segment of {len} bytes still holds {}",
+        allocated(sealed)
+    );
+    // Everything written is still there, in order.
+    assert_eq!(all_batches(&log, 0).len() as u64, n);
+}
+
+#[test]
+fn preallocate_reserves_the_whole_segment_when_it_is_created() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig {
+        segment_bytes: 8 << 20,
+        preallocate: true,
+        ..LogConfig::default()
+    };
+    let log = open(dir.path(), config);
+    let first = &segment_files(dir.path())[0];
+    assert_eq!(std::fs::metadata(first).expect("stat").len(), 0);
+    assert!(allocated(first) >= 8 << 20, "{}", allocated(first));
+    log.append(batch_of(1, 10, 1, 1000), 0, 5000)
+        .expect("append");
+    assert_eq!(all_batches(&log, 0).len(), 1);
+}
