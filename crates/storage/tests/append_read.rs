@@ -398,16 +398,6 @@ fn allocated(path: &std::path::Path) -> u64 {
     std::fs::metadata(path).expect("stat").blocks() * 512
 }
 
-fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .expect("read_dir")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn active_segment_reserves_disk_ahead_and_sealing_gives_it_back() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -418,7 +408,7 @@ fn active_segment_reserves_disk_ahead_and_sealing_gives_it_back() {
     let log = open(dir.path(), config);
     log.append(batch_of(4, 200, 1, 1000), 0, 5000)
         .expect("append");
-    let active = &segment_files(dir.path())[0];
+    let active = &common::files(dir.path(), "log")[0];
     let len = std::fs::metadata(active).expect("stat").len();
     assert!(len < 4096, "the file's length is its one batch: {len}");
     // Reserved past the end (256 KiB at least) without changing the length readers use.
@@ -428,12 +418,12 @@ fn active_segment_reserves_disk_ahead_and_sealing_gives_it_back() {
         allocated(active)
     );
     let mut n = 1;
-    while segment_files(dir.path()).len() < 2 {
+    while common::files(dir.path(), "log").len() < 2 {
         n += 1;
         log.append(batch_of(4, 1000, n, 1000), 0, 5000)
             .expect("append");
     }
-    let sealed = &segment_files(dir.path())[0];
+    let sealed = &common::files(dir.path(), "log")[0];
     let len = std::fs::metadata(sealed).expect("stat").len();
     assert!(
         allocated(sealed) <= len.next_multiple_of(4096) + 4096,
@@ -453,7 +443,7 @@ fn preallocate_reserves_the_whole_segment_when_it_is_created() {
         ..LogConfig::default()
     };
     let log = open(dir.path(), config);
-    let first = &segment_files(dir.path())[0];
+    let first = &common::files(dir.path(), "log")[0];
     assert_eq!(std::fs::metadata(first).expect("stat").len(), 0);
     assert!(allocated(first) >= 8 << 20, "{}", allocated(first));
     log.append(batch_of(1, 10, 1, 1000), 0, 5000)

@@ -4,24 +4,13 @@ mod common;
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{all_batches, batch_of, small_config};
+use common::{all_batches, batch_of, files, small_config};
 use sluice_storage::{LogConfig, PartitionLog};
 
 fn open(dir: &Path, config: LogConfig) -> PartitionLog {
     PartitionLog::open(dir, "t", 0, config).expect("open")
-}
-
-fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = fs::read_dir(dir)
-        .expect("ls")
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == ext))
-        .collect();
-    v.sort();
-    v
 }
 
 fn fill(log: &PartitionLog, n: u64) {

@@ -179,3 +179,15 @@ fn read_varint(buf: &[u8]) -> (i64, usize) {
     }
     panic!("bad varint")
 }
+
+/// The files in `dir` with extension `ext` (`log`, `index`, ...), in name (= base offset) order.
+pub fn files(dir: &std::path::Path, ext: &str) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .expect("ls")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect();
+    v.sort();
+    v
+}
