@@ -1022,6 +1022,24 @@ mod tests {
     }
 
     #[test]
+    fn preallocate_comes_from_the_topic_or_log_preallocate() {
+        let mut broker = BrokerLogConfig::default();
+        let none = BTreeMap::new();
+        assert_eq!(broker.log_config(&none).map(|c| c.segment_reserve()), Ok(0));
+        let topic = broker
+            .log_config(&map(&[("preallocate", "TRUE"), ("segment.bytes", "4096")]))
+            .expect("valid");
+        assert!(topic.preallocate);
+        assert_eq!(topic.segment_reserve(), 4096);
+        broker.set("log.preallocate", "true").expect("valid");
+        assert_eq!(broker.log_config(&none).map(|c| c.preallocate), Ok(true));
+        let off = broker
+            .log_config(&map(&[("preallocate", "false")]))
+            .expect("valid");
+        assert_eq!(off.segment_reserve(), 0);
+    }
+
+    #[test]
     fn describe_reports_sources() {
         let mut broker = BrokerLogConfig::default();
         broker.set("log.roll.hours", "2").expect("valid");
