@@ -20,6 +20,7 @@ import fnmatch
 import glob
 import json
 import math
+import mmap
 import os
 import re
 import shutil
@@ -462,11 +463,37 @@ def loopback_python_pump(seconds):
     return got[0] * 8 / el
 
 
+def first_touch_us(size):
+    """µs to first-touch one 4 KiB page of fresh anonymous memory (one write per page)."""
+    m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        t = time.perf_counter()
+        for off in range(0, size, 4096):
+            m[off] = 1
+        return (time.perf_counter() - t) / (size // 4096) * 1e6
+    finally:
+        m.close()
+
+
+def memory_probe(quick):
+    """What a page the page cache takes costs here, now. On a VM with free page reporting
+    (virtio-balloon, e.g. Firecracker) memory left free for a while goes back to the host and its
+    next first touch costs a host fault; memory freed a moment ago has not gone yet. The first
+    pass takes whatever the kernel hands out now (what the broker's page cache would get), the
+    second the pages the first just freed. A first pass far slower than the second means the
+    broker's segment writes pay for it: see "Page-cache writes and free page reporting" in
+    docs/benchmarks.md."""
+    size = (256 if quick else 1024) << 20
+    return first_touch_us(size), first_touch_us(size)
+
+
 def machine_limits(quick):
     d = RUN_DIR / "data"
     d.mkdir(parents=True, exist_ok=True)
     f = d / "dd.tmp"
     lim = {"load1": os.getloadavg()[0]}
+    # Before dd: the pages dd's page-cache pass frees would make the first touch look cheap.
+    lim["page_first_us"], lim["page_reused_us"] = memory_probe(quick)
     mb = 256 if quick else 1024
     try:
         n, s = dd([f"of={f}", "bs=1M", f"count={mb}", "oflag=direct"], RUN_DIR / "logs" / "dd-direct.log")
@@ -919,6 +946,8 @@ def markdown(rows):
 def limits_text(lim):
     return (f"disk: {lim['disk_direct_MBps']:.0f} MB/s O_DIRECT, {lim['disk_fdatasync_MBps']:.0f} MB/s "
             f"buffered+fdatasync, {lim['disk_dsync_4k_per_s']:.0f} synchronous 4 KiB writes/s; "
+            f"memory: {lim['page_first_us']:.2f} µs to first-touch a 4 KiB page, "
+            f"{lim['page_reused_us']:.2f} µs for one just freed; "
             f"loopback: {lim['loopback_Gbps']:.1f} Gbit/s ({lim['loopback_tool']}); "
             f"load1 {lim['load1']:.2f}; {NCPU} cores")
 
@@ -998,7 +1027,7 @@ def main():
     ap.add_argument("--peer", choices=["all", "some", "none"], default=None,
                     help="which scenarios also run on the peer (default: all; --quick: some)")
     ap.add_argument("--no-build", action="store_true", help="use the binaries already built")
-    ap.add_argument("--no-limits", action="store_true", help="skip the disk/loopback probes")
+    ap.add_argument("--no-limits", action="store_true", help="skip the disk, memory and loopback probes")
     ap.add_argument("--no-rerun", action="store_true", help="never re-run noisy scenarios")
     ap.add_argument("--repeat", type=int, default=1, metavar="N",
                     help="run each scenario N times per broker (alternating), report the median")
@@ -1048,7 +1077,7 @@ def main():
 
     lim = None
     if not args.no_limits:
-        say("machine limits (dd on the data dir's filesystem, loopback)")
+        say("machine limits (dd on the data dir's filesystem, memory first touch, loopback)")
         lim = machine_limits(args.quick)
         say("   " + limits_text(lim))
 
