@@ -91,6 +91,18 @@ pub struct RecoveryStats {
     pub segments_removed: usize,
 }
 
+/// How an append treats the batch it is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A producer's batch: idempotence checks, offsets assigned, LogAppendTime stamped.
+    Leader,
+    /// A leader's stored batch copied as it is: it must continue the log exactly; producer
+    /// state is recorded, not checked.
+    Replica,
+    /// A Raft entry: offsets assigned and the term stamped as the epoch, nothing else changed.
+    Entry,
+}
+
 /// State only appends (and truncation, roll, retention) touch; one mutex serializes them.
 pub(crate) struct AppendState {
     pub(crate) producers: ProducerState,
@@ -321,8 +333,36 @@ impl PartitionLog {
             ))
             .into());
         }
+        self.inner.append_inner(
+            batch,
+            header,
+            header.partition_leader_epoch,
+            now_ms,
+            Mode::Replica,
+        )
+    }
+
+    /// Raft replication: appends a batch as the next entry of a replicated log, on the leader
+    /// and on every follower alike. Offsets continue the log end and `partitionLeaderEpoch` is
+    /// the entry's term, so every replica stores the same bytes at the same offsets whatever
+    /// `baseOffset` the batch arrived with. The CRC is checked; producer state is recorded,
+    /// not checked (the leader checks before it proposes); timestamps are kept.
+    pub fn append_entry(
+        &self,
+        batch: Bytes,
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendOutcome, AppendError> {
+        let header = verify_stored_batch(&batch)?;
+        if header.last_offset_delta < 0 || header.record_count < 0 {
+            return Err(BatchError::Invalid(format!(
+                "lastOffsetDelta {} is negative",
+                header.last_offset_delta
+            ))
+            .into());
+        }
         self.inner
-            .append_inner(batch, header, header.partition_leader_epoch, now_ms, true)
+            .append_inner(batch, header, leader_epoch, now_ms, Mode::Entry)
     }
 
     /// Reads whole stored batches starting with the one containing `offset`: at most
@@ -603,23 +643,22 @@ impl Inner {
         leader_epoch: i32,
         now_ms: i64,
     ) -> Result<AppendOutcome, AppendError> {
-        self.append_inner(batch, header, leader_epoch, now_ms, false)
+        self.append_inner(batch, header, leader_epoch, now_ms, Mode::Leader)
     }
 
-    /// `verbatim`: a replica's copy of a leader's batch: offsets, epoch and timestamps are kept
-    /// as they are and must continue the log exactly; producer state is recorded, not checked.
     fn append_inner(
         self: &Arc<Self>,
         batch: Bytes,
         header: BatchHeader,
         leader_epoch: i32,
         now_ms: i64,
-        verbatim: bool,
+        mode: Mode,
     ) -> Result<AppendOutcome, AppendError> {
+        let verbatim = mode != Mode::Leader;
         let config = read(&self.config).clone();
         let mut st = lock(&self.state);
         self.check_usable()?;
-        if verbatim && header.base_offset != st.next_offset {
+        if mode == Mode::Replica && header.base_offset != st.next_offset {
             return Err(AppendError::Storage(StorageError::OffsetOutOfRange {
                 offset: header.base_offset,
                 log_start: self.log_start.load(Ordering::Acquire),

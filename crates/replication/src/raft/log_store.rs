@@ -1,0 +1,597 @@
+//! [`SegmentRaftLog`]: openraft's log storage over a partition's segment log.
+//!
+//! A data entry is a record batch written once, into the segment log, at the offsets that follow
+//! the previous data entry, with the entry's term as its `partitionLeaderEpoch`; every replica
+//! therefore stores the same bytes at the same offsets. Raft indexes are consecutive but a batch
+//! spans many offsets, so an in-memory table maps each index after the last purge to its batch
+//! (term, first and last offset) or to a non-data entry kept in `raft-state`. The table is
+//! rebuilt on open by walking batch headers from the anchor offset, filling the indexes that
+//! `raft-state` does not hold, in order.
+//!
+//! Crash consistency rests on two orderings:
+//! - a non-data entry is persisted only once every batch before it is durable, and batches after
+//!   it are written only after it is persisted, so a rebuilt table never gives a batch another
+//!   batch's index;
+//! - truncation cuts the segment log before it rewrites `raft-state`, so a crash in between can
+//!   at worst bring back a truncated non-data entry (as if the truncation had not happened,
+//!   which Raft tolerates), never invent an entry.
+
+use std::collections::VecDeque;
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{
+    AnyError, CommittedLeaderId, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, LogState,
+    RaftLogReader, StorageError, StorageIOError, Vote,
+};
+use sluice_protocol::batch::{BatchHeader, HEADER_LEN};
+use sluice_storage::PartitionLog;
+use tokio::sync::mpsc;
+
+use super::state_file::{self, MetaEntry, MetaPayload, RaftState};
+use super::{PartitionRaft, RecordBatch};
+
+/// How much one read of the segment log asks for when collecting entries.
+const READ_CHUNK: usize = 4 * 1024 * 1024;
+/// Appends whose flush callbacks may wait at once; openraft's own pipeline bounds it first.
+const FLUSH_QUEUE: usize = 1024;
+
+type RaftStorageError = StorageError<u64>;
+
+/// Where one Raft index lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Slot {
+    /// A record batch in the segment log.
+    Data { term: u64, base: i64, last: i64 },
+    /// A blank or membership entry, kept in `raft-state`.
+    Meta {
+        term: u64,
+        payload: Box<MetaPayload>,
+    },
+}
+
+impl Slot {
+    fn term(&self) -> u64 {
+        match self {
+            Slot::Data { term, .. } | Slot::Meta { term, .. } => *term,
+        }
+    }
+}
+
+/// The index table and the persisted Raft state, behind one mutex.
+pub(crate) struct Table {
+    /// Index of `slots[0]`.
+    first_index: u64,
+    slots: VecDeque<Slot>,
+    /// Offset the next data entry will start at.
+    next_offset: i64,
+    state: RaftState,
+}
+
+impl Table {
+    fn last_log_id(&self) -> Option<LogId<u64>> {
+        match self.slots.back() {
+            Some(s) => Some(log_id(
+                s.term(),
+                self.first_index + self.slots.len() as u64 - 1,
+            )),
+            None => self.state.last_purged,
+        }
+    }
+
+    fn next_index(&self) -> u64 {
+        self.first_index + self.slots.len() as u64
+    }
+
+    /// The slot at `index`, if the table holds it.
+    pub(crate) fn get(&self, index: u64) -> Option<&Slot> {
+        let pos = index.checked_sub(self.first_index)?;
+        self.slots.get(usize::try_from(pos).ok()?)
+    }
+
+    /// Writes `raft-state` with the non-data entries the table holds now.
+    fn persist(&mut self, dir: &Path) -> io::Result<()> {
+        let first = self.first_index;
+        self.state.meta_entries = self
+            .slots
+            .iter()
+            .zip(first..)
+            .filter_map(|(s, index)| match s {
+                Slot::Meta { term, payload } => Some(MetaEntry {
+                    index,
+                    term: *term,
+                    payload: (**payload).clone(),
+                }),
+                Slot::Data { .. } => None,
+            })
+            .collect();
+        state_file::store(dir, &self.state)
+    }
+
+    pub(crate) fn snapshot(&self) -> Option<openraft::SnapshotMeta<u64, openraft::EmptyNode>> {
+        self.state.snapshot.clone()
+    }
+
+    pub(crate) fn snapshot_end_offset(&self) -> i64 {
+        self.state.snapshot_end_offset
+    }
+
+    pub(crate) fn snapshot_term(&self) -> u64 {
+        self.state.snapshot_term
+    }
+
+    /// Offset of the first batch after the last purged entry.
+    pub(crate) fn anchor_offset(&self) -> i64 {
+        self.state.anchor_offset
+    }
+
+    pub(crate) fn set_snapshot(
+        &mut self,
+        dir: &Path,
+        meta: openraft::SnapshotMeta<u64, openraft::EmptyNode>,
+        end_offset: i64,
+        term: u64,
+    ) -> io::Result<()> {
+        self.state.snapshot = Some(meta);
+        self.state.snapshot_end_offset = end_offset;
+        self.state.snapshot_term = term;
+        self.persist(dir)
+    }
+}
+
+/// What the log store and the state machine share.
+pub(crate) struct Shared {
+    pub(crate) log: Arc<PartitionLog>,
+    pub(crate) dir: PathBuf,
+    table: Mutex<Table>,
+}
+
+impl Shared {
+    pub(crate) fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// openraft's log storage (and log reader) for one partition. Cheap to clone.
+#[derive(Clone)]
+pub struct SegmentRaftLog {
+    pub(crate) shared: Arc<Shared>,
+    flushes: mpsc::Sender<(i64, LogFlushed<PartitionRaft>)>,
+}
+
+pub(crate) fn log_id(term: u64, index: u64) -> LogId<u64> {
+    // One leader per term (`single-term-leader`): the committed leader id is the term alone.
+    LogId::new(CommittedLeaderId::new(term, 0), index)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn error(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl ToString) -> RaftStorageError {
+    StorageIOError::new(subject, verb, AnyError::error(e.to_string())).into()
+}
+
+fn read_error(e: impl ToString) -> RaftStorageError {
+    error(ErrorSubject::Logs, ErrorVerb::Read, e)
+}
+
+fn write_error(e: impl ToString) -> RaftStorageError {
+    error(ErrorSubject::Logs, ErrorVerb::Write, e)
+}
+
+/// Splits a read's concatenated batches into one `Bytes` per batch (no copies).
+fn split_batches(records: &Bytes) -> Result<Vec<(BatchHeader, Bytes)>, String> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while records.len() - pos >= HEADER_LEN {
+        let header = BatchHeader::parse(&records[pos..]).map_err(|e| e.to_string())?;
+        let end = pos + header.size();
+        if end > records.len() {
+            return Err(format!(
+                "batch at offset {} runs past the read",
+                header.base_offset
+            ));
+        }
+        out.push((header, records.slice(pos..end)));
+        pos = end;
+    }
+    Ok(out)
+}
+
+/// Reads the batches with offsets in `[from, until)`, in order.
+fn read_batches(
+    log: &PartitionLog,
+    from: i64,
+    until: i64,
+) -> Result<Vec<(BatchHeader, Bytes)>, String> {
+    let mut out = Vec::new();
+    let mut cursor = from;
+    while cursor < until {
+        let r = log
+            .read(cursor, READ_CHUNK, i64::MAX, true)
+            .map_err(|e| e.to_string())?;
+        let batches = split_batches(&r.records)?;
+        if batches.is_empty() {
+            break;
+        }
+        for (h, b) in batches {
+            if h.base_offset >= until {
+                return Ok(out);
+            }
+            cursor = h.last_offset() + 1;
+            out.push((h, b));
+        }
+    }
+    Ok(out)
+}
+
+impl SegmentRaftLog {
+    /// Opens the Raft log of a partition: reads `raft-state` (creating it for a partition that
+    /// never ran Raft: the log's current end is where Raft starts) and rebuilds the index
+    /// table. From here the partition's high watermark is the commit index, set by
+    /// [`super::CommitMachine`], no longer the local fsync.
+    pub fn open(log: Arc<PartitionLog>) -> Result<Self, RaftStorageError> {
+        log.set_high_watermark_follows_durable(false);
+        let dir = log.dir().to_path_buf();
+        let loaded = state_file::load(&dir).map_err(read_error)?;
+        let fresh = loaded.is_none();
+        let state = loaded.unwrap_or_else(|| RaftState {
+            anchor_offset: log.log_end_offset(),
+            ..RaftState::default()
+        });
+        let first_index = state.first_index;
+        if state.anchor_offset < log.log_start_offset() {
+            return Err(read_error(format!(
+                "{}: Raft entries from offset {} were deleted (the log starts at {})",
+                log.name(),
+                state.anchor_offset,
+                log.log_start_offset()
+            )));
+        }
+        let batches =
+            read_batches(&log, state.anchor_offset, log.log_end_offset()).map_err(read_error)?;
+        let mut batches = batches.into_iter();
+        let mut metas: VecDeque<MetaEntry> = state.meta_entries.iter().cloned().collect();
+        let mut slots = VecDeque::new();
+        let mut next_offset = state.anchor_offset;
+        let mut index = first_index;
+        loop {
+            while metas.front().is_some_and(|m| m.index < index) {
+                tracing::warn!(log = %log.name(), "dropping an out-of-order Raft entry in raft-state");
+                metas.pop_front();
+            }
+            if let Some(m) = metas.front().filter(|m| m.index == index) {
+                slots.push_back(Slot::Meta {
+                    term: m.term,
+                    payload: Box::new(m.payload.clone()),
+                });
+                metas.pop_front();
+            } else if let Some((h, _)) = batches.next() {
+                slots.push_back(Slot::Data {
+                    term: u64::try_from(h.partition_leader_epoch).unwrap_or(0),
+                    base: h.base_offset,
+                    last: h.last_offset(),
+                });
+                next_offset = h.last_offset() + 1;
+            } else {
+                break;
+            }
+            index += 1;
+        }
+        let dropped = metas.len();
+        let mut table = Table {
+            first_index,
+            slots,
+            next_offset,
+            state,
+        };
+        if dropped > 0 {
+            // Entries persisted after batches that did not survive: never acknowledged.
+            tracing::warn!(log = %log.name(), dropped, "dropping Raft entries past a lost tail");
+        }
+        if fresh || dropped > 0 {
+            table.persist(&dir).map_err(write_error)?;
+        }
+        let shared = Arc::new(Shared {
+            log,
+            dir,
+            table: Mutex::new(table),
+        });
+        let (tx, rx) = mpsc::channel(FLUSH_QUEUE);
+        tokio::spawn(complete_flushes(Arc::clone(&shared.log), rx));
+        Ok(SegmentRaftLog {
+            shared,
+            flushes: tx,
+        })
+    }
+
+    /// The partition log underneath.
+    pub fn partition_log(&self) -> &Arc<PartitionLog> {
+        &self.shared.log
+    }
+
+    fn persist(&self, table: &mut Table) -> Result<(), RaftStorageError> {
+        table.persist(&self.shared.dir).map_err(write_error)
+    }
+
+    /// Makes every batch written so far durable (before a non-data entry is persisted).
+    async fn sync_data(&self, end: i64) -> Result<(), RaftStorageError> {
+        if self.shared.log.durable_offset() >= end {
+            return Ok(());
+        }
+        self.shared.log.request_flush();
+        self.shared.log.wait_durable(end).await.map_err(write_error)
+    }
+}
+
+impl SegmentRaftLog {
+    /// A read that failed because a truncation removed the entries meanwhile (a deposed
+    /// leader's replication task racing its own truncation) returns what it has so far, as
+    /// openraft's in-memory log would; a failure with the entries still in place is an error.
+    fn unless_truncated(
+        &self,
+        wanted: &[(u64, Slot)],
+        so_far: Vec<Entry<PartitionRaft>>,
+        why: impl ToString,
+    ) -> Result<Vec<Entry<PartitionRaft>>, RaftStorageError> {
+        let t = self.shared.table();
+        if wanted.iter().all(|(i, s)| t.get(*i) == Some(s)) {
+            return Err(read_error(why));
+        }
+        Ok(so_far)
+    }
+}
+
+/// Tells openraft, in append order, when each append is durable.
+async fn complete_flushes(
+    log: Arc<PartitionLog>,
+    mut rx: mpsc::Receiver<(i64, LogFlushed<PartitionRaft>)>,
+) {
+    while let Some((end, callback)) = rx.recv().await {
+        let result = log.wait_durable(end).await.map_err(io::Error::other);
+        callback.log_io_completed(result);
+    }
+}
+
+impl RaftLogReader<PartitionRaft> for SegmentRaftLog {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<PartitionRaft>>, RaftStorageError> {
+        let wanted: Vec<(u64, Slot)> = {
+            let t = self.shared.table();
+            let start = match range.start_bound() {
+                Bound::Included(&i) => i,
+                Bound::Excluded(&i) => i + 1,
+                Bound::Unbounded => 0,
+            }
+            .max(t.first_index);
+            let end = match range.end_bound() {
+                Bound::Included(&i) => i.saturating_add(1),
+                Bound::Excluded(&i) => i,
+                Bound::Unbounded => u64::MAX,
+            }
+            .min(t.next_index());
+            (start..end)
+                .filter_map(|i| t.get(i).map(|s| (i, s.clone())))
+                .collect()
+        };
+        let data_range =
+            wanted
+                .iter()
+                .fold(None, |acc: Option<(i64, i64)>, (_, s)| match (s, acc) {
+                    (Slot::Data { base, last, .. }, None) => Some((*base, *last)),
+                    (Slot::Data { last, .. }, Some((b, _))) => Some((b, *last)),
+                    (Slot::Meta { .. }, acc) => acc,
+                });
+        let mut batches = match data_range {
+            Some((from, last)) => match read_batches(&self.shared.log, from, last + 1) {
+                Ok(b) => b.into_iter(),
+                Err(e) => return self.unless_truncated(&wanted, Vec::new(), e),
+            },
+            None => Vec::new().into_iter(),
+        };
+        let mut entries = Vec::with_capacity(wanted.len());
+        for (index, slot) in &wanted {
+            let payload = match slot {
+                Slot::Meta { payload, .. } => match &**payload {
+                    MetaPayload::Blank => EntryPayload::Blank,
+                    MetaPayload::Membership(m) => EntryPayload::Membership(m.clone()),
+                },
+                Slot::Data { term, base, .. } => match batches.next() {
+                    Some((h, bytes))
+                        if h.base_offset == *base
+                            && i64::from(h.partition_leader_epoch) == *term as i64 =>
+                    {
+                        EntryPayload::Normal(RecordBatch(bytes))
+                    }
+                    found => {
+                        let found = found.map(|(h, _)| (h.base_offset, h.partition_leader_epoch));
+                        let why = format!(
+                            "entry {index}: expected a batch at offset {base} of term {term}, \
+                             found {found:?}"
+                        );
+                        return self.unless_truncated(&wanted, entries, why);
+                    }
+                },
+            };
+            entries.push(Entry {
+                log_id: log_id(slot.term(), *index),
+                payload,
+            });
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<PartitionRaft> for SegmentRaftLog {
+    type LogReader = SegmentRaftLog;
+
+    async fn get_log_state(&mut self) -> Result<LogState<PartitionRaft>, RaftStorageError> {
+        let t = self.shared.table();
+        Ok(LogState {
+            last_purged_log_id: t.state.last_purged,
+            last_log_id: t.last_log_id(),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), RaftStorageError> {
+        let mut t = self.shared.table();
+        t.state.vote = Some(*vote);
+        t.persist(&self.shared.dir)
+            .map_err(|e| error(ErrorSubject::Vote, ErrorVerb::Write, e))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, RaftStorageError> {
+        Ok(self.shared.table().state.vote)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<PartitionRaft>,
+    ) -> Result<(), RaftStorageError>
+    where
+        I: IntoIterator<Item = Entry<PartitionRaft>> + Send,
+        I::IntoIter: Send,
+    {
+        let now = now_ms();
+        for entry in entries {
+            let term = entry.log_id.leader_id.term;
+            let index = entry.log_id.index;
+            let expected = {
+                let mut t = self.shared.table();
+                if t.slots.is_empty() && index > t.next_index() {
+                    // An empty log may start anywhere past its purge point (openraft's
+                    // storage suite does this); the start is persisted with the entry below
+                    // or right here.
+                    t.first_index = index;
+                    t.state.first_index = index;
+                    t.state.anchor_offset = t.next_offset;
+                    self.persist(&mut t)?;
+                }
+                t.next_index()
+            };
+            if index != expected {
+                return Err(write_error(format!(
+                    "{}: entry {index} appended where {expected} was expected",
+                    self.shared.log.name()
+                )));
+            }
+            match entry.payload {
+                EntryPayload::Normal(RecordBatch(batch)) => {
+                    let epoch = i32::try_from(term)
+                        .map_err(|_| write_error(format!("term {term} exceeds a leader epoch")))?;
+                    let out = self
+                        .shared
+                        .log
+                        .append_entry(batch, epoch, now)
+                        .map_err(write_error)?;
+                    let mut t = self.shared.table();
+                    t.slots.push_back(Slot::Data {
+                        term,
+                        base: out.base_offset,
+                        last: out.last_offset,
+                    });
+                    t.next_offset = out.last_offset + 1;
+                }
+                payload => {
+                    let end = self.shared.table().next_offset;
+                    self.sync_data(end).await?;
+                    let payload = match payload {
+                        EntryPayload::Membership(m) => MetaPayload::Membership(m),
+                        _ => MetaPayload::Blank,
+                    };
+                    let mut t = self.shared.table();
+                    t.slots.push_back(Slot::Meta {
+                        term,
+                        payload: Box::new(payload),
+                    });
+                    self.persist(&mut t)?;
+                }
+            }
+        }
+        // Raft counts an entry only once it is durable. A log whose flush policy defers fsync
+        // (`flush.messages` > 1) acknowledges at write time instead: the same trade Kafka
+        // makes with that setting, stated in the README.
+        let end = if self.shared.log.config().flush_messages <= 1 {
+            self.shared.table().next_offset
+        } else {
+            i64::MIN
+        };
+        self.flushes
+            .send((end, callback))
+            .await
+            .map_err(|_| write_error("the flush completion task stopped"))
+    }
+
+    async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), RaftStorageError> {
+        // The table forgets the entries first, so a reader racing this (a deposed leader's
+        // replication task) sees them gone rather than failing on a cut segment; on disk the
+        // segment is cut before `raft-state` is rewritten (see the module comment).
+        let cut = {
+            let mut t = self.shared.table();
+            let Some(pos) = log_id.index.checked_sub(t.first_index) else {
+                return Err(write_error(format!(
+                    "truncating at {} below the first entry {}",
+                    log_id.index, t.first_index
+                )));
+            };
+            let pos = usize::try_from(pos).unwrap_or(usize::MAX);
+            if pos >= t.slots.len() {
+                return Ok(());
+            }
+            let cut = t.slots.iter().skip(pos).find_map(|s| match s {
+                Slot::Data { base, .. } => Some(*base),
+                Slot::Meta { .. } => None,
+            });
+            t.slots.truncate(pos);
+            if let Some(offset) = cut {
+                t.next_offset = offset;
+            }
+            cut
+        };
+        if let Some(offset) = cut {
+            self.shared.log.truncate_to(offset).map_err(write_error)?;
+        }
+        let mut t = self.shared.table();
+        self.persist(&mut t)
+    }
+
+    async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), RaftStorageError> {
+        let mut t = self.shared.table();
+        if t.state.last_purged.is_some_and(|p| p.index >= log_id.index) {
+            return Ok(());
+        }
+        let n = (log_id.index + 1).saturating_sub(t.first_index);
+        let n = usize::try_from(n).unwrap_or(usize::MAX).min(t.slots.len());
+        t.slots.drain(..n);
+        t.first_index = t.first_index.max(log_id.index + 1);
+        t.state.first_index = t.first_index;
+        t.state.last_purged = Some(log_id);
+        // Purging forgets indexes, never records: the segment log keeps its batches until
+        // retention deletes them.
+        t.state.anchor_offset = t
+            .slots
+            .iter()
+            .find_map(|s| match s {
+                Slot::Data { base, .. } => Some(*base),
+                Slot::Meta { .. } => None,
+            })
+            .unwrap_or(t.next_offset);
+        self.persist(&mut t)
+    }
+}
