@@ -7,9 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use bytes::Bytes;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError};
 use openraft::network::RPCOption;
 use openraft::raft::{
@@ -17,22 +15,11 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::{EmptyNode, Raft, RaftNetwork, RaftNetworkFactory, ServerState};
-use sluice_protocol::batch::iter_batches;
-use sluice_protocol::records::{NewRecord, ProducerInfo, build_batch};
-use sluice_replication::raft::{
-    Appended, CommitMachine, PartitionRaft, RecordBatch, SegmentRaftLog, partition_config,
-};
-use sluice_storage::{LogConfig, PartitionLog};
+use sluice_replication::raft::{PartitionRaft, RecordBatch};
+use sluice_storage::PartitionLog;
 
-const WAIT: Duration = Duration::from_secs(30);
-
-/// openraft's errors, shown when a test fails (a storage error stops a Raft member).
-fn log_errors() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("error")
-        .with_test_writer()
-        .try_init();
-}
+mod common;
+use common::{WAIT, batch, last_index, log_errors, open_member, stored, wait_applied, write};
 
 /// Who can reach whom: a node in `isolated` neither sends nor receives.
 #[derive(Default)]
@@ -139,20 +126,11 @@ fn replica_dir(root: &Path, id: u64) -> PathBuf {
 }
 
 async fn start(router: &Arc<Router>, root: &Path, id: u64) -> Replica {
-    let log = Arc::new(
-        PartitionLog::open(&replica_dir(root, id), "orders", 0, LogConfig::default())
-            .expect("open partition log"),
-    );
-    let store = SegmentRaftLog::open(Arc::clone(&log)).expect("open raft log");
-    let sm = CommitMachine::open(&store);
-    let config = partition_config("orders-0", Duration::from_millis(50)).expect("config");
     let network = Factory {
         router: Arc::clone(router),
         from: id,
     };
-    let raft = Raft::new(id, Arc::new(config), network, store, sm)
-        .await
-        .expect("raft");
+    let (log, raft) = open_member(&replica_dir(root, id), "orders-0", id, network).await;
     router.nodes.lock().expect("lock").insert(id, raft.clone());
     Replica { log, raft }
 }
@@ -165,39 +143,6 @@ async fn stop(router: &Router, replica: Replica) {
         .remove(&replica.raft.metrics().borrow().id);
     replica.raft.shutdown().await.expect("shutdown");
     replica.log.close().expect("close");
-}
-
-fn batch(tag: u64, records: usize) -> Bytes {
-    let values: Vec<Vec<u8>> = (0..records)
-        .map(|i| format!("batch-{tag}-record-{i}").into_bytes())
-        .collect();
-    let recs: Vec<NewRecord<'_>> = values
-        .iter()
-        .map(|v| NewRecord {
-            value: Some(v),
-            timestamp: 1_700_000_000_000 + tag as i64,
-            ..NewRecord::default()
-        })
-        .collect();
-    Bytes::from(build_batch(&recs, ProducerInfo::NONE))
-}
-
-/// (base offset, epoch, bytes) of every stored batch.
-fn stored(log: &PartitionLog) -> Vec<(i64, i32, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut offset = 0;
-    loop {
-        // One read returns batches of one segment at most.
-        let r = log.read(offset, 1 << 20, i64::MAX, true).expect("read");
-        if r.records.is_empty() {
-            return out;
-        }
-        for b in iter_batches(&r.records) {
-            let (h, bytes) = b.expect("batch");
-            out.push((h.base_offset, h.partition_leader_epoch, bytes.to_vec()));
-        }
-        offset = r.next_offset;
-    }
 }
 
 async fn wait_leader(replicas: &BTreeMap<u64, Replica>, not: Option<u64>) -> (u64, u64) {
@@ -220,33 +165,6 @@ async fn wait_leader(replicas: &BTreeMap<u64, Replica>, not: Option<u64>) -> (u6
         .expect("leader state")
         .current_term;
     (leader, term)
-}
-
-async fn write(raft: &Raft<PartitionRaft>, tag: u64, records: usize) -> Appended {
-    raft.client_write(RecordBatch(batch(tag, records)))
-        .await
-        .expect("client_write")
-        .data
-        .expect("a data entry answers with offsets")
-}
-
-async fn wait_applied(replica: &Replica, index: u64) {
-    replica
-        .raft
-        .wait(Some(WAIT))
-        .metrics(
-            |m| m.last_applied.is_some_and(|id| id.index >= index),
-            format!("applied {index}"),
-        )
-        .await
-        .expect("applied");
-}
-
-fn last_index(raft: &Raft<PartitionRaft>) -> u64 {
-    raft.metrics()
-        .borrow()
-        .last_log_index
-        .expect("a last log index")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,7 +196,7 @@ async fn committed_batches_are_identical_on_every_replica_across_leader_changes(
     }
     let index = last_index(&replicas[&leader].raft);
     for r in replicas.values() {
-        wait_applied(r, index).await;
+        wait_applied(&r.raft, index).await;
         assert_eq!(r.log.log_end_offset(), next);
         assert_eq!(r.log.high_watermark(), next, "high watermark is the commit");
     }
@@ -304,7 +222,7 @@ async fn committed_batches_are_identical_on_every_replica_across_leader_changes(
     replicas.insert(leader, start(&router, root.path(), leader).await);
     let index = last_index(&replicas[&leader2].raft);
     for r in replicas.values() {
-        wait_applied(r, index).await;
+        wait_applied(&r.raft, index).await;
     }
     let all = stored(&replicas[&leader2].log);
     assert_eq!(all.len(), 60);
@@ -343,7 +261,7 @@ async fn a_deposed_leaders_uncommitted_batches_are_cut_and_replaced() {
     let committed_end = 10;
     let index = last_index(&replicas[&leader].raft);
     for r in replicas.values() {
-        wait_applied(r, index).await;
+        wait_applied(&r.raft, index).await;
     }
 
     // Cut the leader off, then hand it writes it can append but never commit.
@@ -404,7 +322,7 @@ async fn a_deposed_leaders_uncommitted_batches_are_cut_and_replaced() {
     router.isolated.lock().expect("lock").clear();
     let index = last_index(&others[&leader2].raft);
     for r in replicas.values() {
-        wait_applied(r, index).await;
+        wait_applied(&r.raft, index).await;
     }
     let want = stored(&others[&leader2].log);
     for r in replicas.values() {

@@ -5,6 +5,7 @@
 //!   the partition's small `raft-state` file.
 //! - [`CommitMachine`]: applying a committed entry moves the high watermark; a snapshot is a
 //!   position in the log, not a copy of it.
+//! - [`transport`] and [`wire`]: one TCP connection per peer shared by every group.
 //!
 //! One leader per term (openraft's `single-term-leader`), so a Raft term is the Kafka leader
 //! epoch stamped into each batch's `partitionLeaderEpoch`.
@@ -13,9 +14,12 @@
 // unbox them again at every trait boundary.
 #![allow(clippy::result_large_err)]
 
+mod codec;
 mod log_store;
 mod state_file;
 mod state_machine;
+pub mod transport;
+pub mod wire;
 
 use std::io::Cursor;
 use std::time::Duration;

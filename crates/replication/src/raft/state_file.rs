@@ -7,13 +7,14 @@
 //! whole: written to `raft-state.tmp`, fsynced, renamed over, directory fsynced. A CRC32C over
 //! the contents refuses a damaged file instead of trusting it.
 
-use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use openraft::{
-    CommittedLeaderId, EmptyNode, LeaderId, LogId, Membership, SnapshotMeta, StoredMembership, Vote,
+use openraft::{EmptyNode, LogId, Membership, SnapshotMeta, Vote};
+
+use super::codec::{
+    Reader, put_log_id, put_membership, put_snapshot_meta, put_u32, put_u64, put_vote,
 };
 
 const MAGIC: &[u8; 4] = b"SLRS";
@@ -95,9 +96,7 @@ fn encode(s: &RaftState) -> Vec<u8> {
         None => w.push(0),
         Some(v) => {
             w.push(1);
-            put_u64(&mut w, v.leader_id.term);
-            put_opt_u64(&mut w, v.leader_id.voted_for);
-            w.push(u8::from(v.committed));
+            put_vote(&mut w, v);
         }
     }
     put_log_id(&mut w, s.last_purged);
@@ -119,11 +118,7 @@ fn encode(s: &RaftState) -> Vec<u8> {
         None => w.push(0),
         Some(meta) => {
             w.push(1);
-            put_log_id(&mut w, meta.last_log_id);
-            put_log_id(&mut w, *meta.last_membership.log_id());
-            put_membership(&mut w, meta.last_membership.membership());
-            put_u32(&mut w, meta.snapshot_id.len());
-            w.extend_from_slice(meta.snapshot_id.as_bytes());
+            put_snapshot_meta(&mut w, meta);
         }
     }
     w.extend_from_slice(&s.snapshot_end_offset.to_be_bytes());
@@ -131,140 +126,6 @@ fn encode(s: &RaftState) -> Vec<u8> {
     let crc = crc32c::crc32c(&w);
     w.extend_from_slice(&crc.to_be_bytes());
     w
-}
-
-fn put_u64(w: &mut Vec<u8>, v: u64) {
-    w.extend_from_slice(&v.to_be_bytes());
-}
-
-fn put_u32(w: &mut Vec<u8>, n: usize) {
-    // Counts here are entries and node ids of one partition: far below u32::MAX.
-    w.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes());
-}
-
-fn put_opt_u64(w: &mut Vec<u8>, v: Option<u64>) {
-    match v {
-        None => w.push(0),
-        Some(v) => {
-            w.push(1);
-            put_u64(w, v);
-        }
-    }
-}
-
-fn put_log_id(w: &mut Vec<u8>, id: Option<LogId<u64>>) {
-    match id {
-        None => w.push(0),
-        Some(id) => {
-            w.push(1);
-            put_u64(w, id.leader_id.term);
-            put_u64(w, id.index);
-        }
-    }
-}
-
-fn put_membership(w: &mut Vec<u8>, m: &Membership<u64, EmptyNode>) {
-    let configs = m.get_joint_config();
-    put_u32(w, configs.len());
-    for c in configs {
-        put_u32(w, c.len());
-        for id in c {
-            put_u64(w, *id);
-        }
-    }
-    let nodes: Vec<u64> = m.nodes().map(|(id, _)| *id).collect();
-    put_u32(w, nodes.len());
-    for id in nodes {
-        put_u64(w, id);
-    }
-}
-
-/// A bounds-checked reader over the file's bytes.
-struct Reader<'a> {
-    buf: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        if self.buf.len() < n {
-            return Err("truncated".to_string());
-        }
-        let (head, rest) = self.buf.split_at(n);
-        self.buf = rest;
-        Ok(head)
-    }
-
-    fn u8(&mut self) -> Result<u8, String> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn u64(&mut self) -> Result<u64, String> {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(self.take(8)?);
-        Ok(u64::from_be_bytes(b))
-    }
-
-    fn i64(&mut self) -> Result<i64, String> {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(self.take(8)?);
-        Ok(i64::from_be_bytes(b))
-    }
-
-    fn count(&mut self) -> Result<usize, String> {
-        let mut b = [0u8; 4];
-        b.copy_from_slice(self.take(4)?);
-        let n = u32::from_be_bytes(b) as usize;
-        // Every counted item is at least one byte: a count past the rest is corrupt, and
-        // refusing it here keeps a damaged file from asking for a huge allocation.
-        if n > self.buf.len() {
-            return Err(format!("count {n} exceeds the file"));
-        }
-        Ok(n)
-    }
-
-    fn flag(&mut self) -> Result<bool, String> {
-        match self.u8()? {
-            0 => Ok(false),
-            1 => Ok(true),
-            b => Err(format!("bad flag byte {b}")),
-        }
-    }
-
-    fn opt_u64(&mut self) -> Result<Option<u64>, String> {
-        Ok(if self.flag()? {
-            Some(self.u64()?)
-        } else {
-            None
-        })
-    }
-
-    fn log_id(&mut self) -> Result<Option<LogId<u64>>, String> {
-        if !self.flag()? {
-            return Ok(None);
-        }
-        let term = self.u64()?;
-        let index = self.u64()?;
-        Ok(Some(LogId::new(CommittedLeaderId::new(term, 0), index)))
-    }
-
-    fn membership(&mut self) -> Result<Membership<u64, EmptyNode>, String> {
-        let n = self.count()?;
-        let mut configs = Vec::with_capacity(n);
-        for _ in 0..n {
-            let m = self.count()?;
-            let mut c = BTreeSet::new();
-            for _ in 0..m {
-                c.insert(self.u64()?);
-            }
-            configs.push(c);
-        }
-        let n = self.count()?;
-        let mut nodes = BTreeSet::new();
-        for _ in 0..n {
-            nodes.insert(self.u64()?);
-        }
-        Ok(Membership::new(configs, Some(nodes)))
-    }
 }
 
 fn decode(bytes: &[u8]) -> Result<RaftState, String> {
@@ -285,17 +146,7 @@ fn decode(bytes: &[u8]) -> Result<RaftState, String> {
     if version != VERSION {
         return Err(format!("version {version} is not {VERSION}"));
     }
-    let vote = if r.flag()? {
-        let term = r.u64()?;
-        let voted_for = r.opt_u64()?;
-        let committed = r.flag()?;
-        Some(Vote {
-            leader_id: LeaderId { term, voted_for },
-            committed,
-        })
-    } else {
-        None
-    };
+    let vote = if r.flag()? { Some(r.vote()?) } else { None };
     let last_purged = r.log_id()?;
     let first_index = r.u64()?;
     let anchor_offset = r.i64()?;
@@ -316,17 +167,7 @@ fn decode(bytes: &[u8]) -> Result<RaftState, String> {
         });
     }
     let snapshot = if r.flag()? {
-        let last_log_id = r.log_id()?;
-        let membership_log_id = r.log_id()?;
-        let membership = r.membership()?;
-        let n = r.count()?;
-        let snapshot_id = String::from_utf8(r.take(n)?.to_vec())
-            .map_err(|_| "snapshot id is not UTF-8".to_string())?;
-        Some(SnapshotMeta {
-            last_log_id,
-            last_membership: StoredMembership::new(membership_log_id, membership),
-            snapshot_id,
-        })
+        Some(r.snapshot_meta()?)
     } else {
         None
     };
@@ -349,6 +190,10 @@ fn decode(bytes: &[u8]) -> Result<RaftState, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
+    use openraft::{CommittedLeaderId, StoredMembership};
+
     use super::*;
 
     fn sample() -> RaftState {

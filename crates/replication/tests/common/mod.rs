@@ -1,0 +1,111 @@
+//! Helpers the Raft replica tests share.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::{Raft, RaftNetworkFactory};
+use sluice_protocol::batch::iter_batches;
+use sluice_protocol::records::{NewRecord, ProducerInfo, build_batch};
+use sluice_replication::raft::{
+    Appended, CommitMachine, PartitionRaft, RecordBatch, SegmentRaftLog, partition_config,
+};
+use sluice_storage::{LogConfig, PartitionLog};
+
+/// How long a test waits for a condition (an election, replication) before it fails.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Opens the partition log in `dir` and starts a Raft member `id` of group `group` over it.
+pub async fn open_member<N: RaftNetworkFactory<PartitionRaft>>(
+    dir: &Path,
+    group: &str,
+    id: u64,
+    network: N,
+) -> (Arc<PartitionLog>, Raft<PartitionRaft>) {
+    let (topic, partition) = group.rsplit_once('-').expect("<topic>-<partition>");
+    let log = Arc::new(
+        PartitionLog::open(
+            dir,
+            topic,
+            partition.parse().expect("partition"),
+            LogConfig::default(),
+        )
+        .expect("open partition log"),
+    );
+    let store = SegmentRaftLog::open(Arc::clone(&log)).expect("open raft log");
+    let sm = CommitMachine::open(&store);
+    let config = partition_config(group, Duration::from_millis(50)).expect("config");
+    let raft = Raft::new(id, Arc::new(config), network, store, sm)
+        .await
+        .expect("raft");
+    (log, raft)
+}
+
+/// openraft's errors, shown when a test fails (a storage error stops a Raft member).
+pub fn log_errors() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("TEST_LOG").unwrap_or_else(|_| "error".to_string()))
+        .with_test_writer()
+        .try_init();
+}
+
+pub fn batch(tag: u64, records: usize) -> Bytes {
+    let values: Vec<Vec<u8>> = (0..records)
+        .map(|i| format!("batch-{tag}-record-{i}").into_bytes())
+        .collect();
+    let recs: Vec<NewRecord<'_>> = values
+        .iter()
+        .map(|v| NewRecord {
+            value: Some(v),
+            timestamp: 1_700_000_000_000 + tag as i64,
+            ..NewRecord::default()
+        })
+        .collect();
+    Bytes::from(build_batch(&recs, ProducerInfo::NONE))
+}
+
+/// (base offset, epoch, bytes) of every stored batch.
+pub fn stored(log: &PartitionLog) -> Vec<(i64, i32, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        // One read returns batches of one segment at most.
+        let r = log.read(offset, 1 << 20, i64::MAX, true).expect("read");
+        if r.records.is_empty() {
+            return out;
+        }
+        for b in iter_batches(&r.records) {
+            let (h, bytes) = b.expect("batch");
+            out.push((h.base_offset, h.partition_leader_epoch, bytes.to_vec()));
+        }
+        offset = r.next_offset;
+    }
+}
+
+pub async fn write(raft: &Raft<PartitionRaft>, tag: u64, records: usize) -> Appended {
+    raft.client_write(RecordBatch(batch(tag, records)))
+        .await
+        .expect("client_write")
+        .data
+        .expect("a data entry answers with offsets")
+}
+
+pub async fn wait_applied(raft: &Raft<PartitionRaft>, index: u64) {
+    raft.wait(Some(WAIT))
+        .metrics(
+            |m| m.last_applied.is_some_and(|id| id.index >= index),
+            format!("applied {index}"),
+        )
+        .await
+        .expect("applied");
+}
+
+pub fn last_index(raft: &Raft<PartitionRaft>) -> u64 {
+    raft.metrics()
+        .borrow()
+        .last_log_index
+        .expect("a last log index")
+}
