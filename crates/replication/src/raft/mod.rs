@@ -14,7 +14,7 @@
 // unbox them again at every trait boundary.
 #![allow(clippy::result_large_err)]
 
-mod codec;
+pub(crate) mod codec;
 mod log_store;
 mod state_file;
 mod state_machine;
