@@ -375,7 +375,7 @@ impl Inner {
         let config = read(&self.config).clone();
         let interval = config.index_interval_bytes;
         let segs: Vec<Arc<Segment>> = read(&self.segments).clone();
-        let hw = *self.hw_tx.borrow();
+        let hw = self.retention_limit();
         let mut n = 0;
         while n + 1 < segs.len() {
             let s = &segs[n];

@@ -140,6 +140,9 @@ pub(crate) struct Inner {
     appended_bytes: AtomicU64,
     /// The cleaner's "cleaned up to" offset (persisted in the checkpoint).
     pub(crate) cleaned_to: AtomicI64,
+    /// Retention and the cleaner leave alone every segment reaching this offset (Raft entries
+    /// a lagging follower may still need); `i64::MAX` when nobody holds the log.
+    retention_floor: AtomicI64,
 }
 
 /// The log of one partition. `Send + Sync`; share it as `Arc<PartitionLog>`.
@@ -206,6 +209,7 @@ impl PartitionLog {
             recovery: recovered.stats,
             appended_bytes: AtomicU64::new(0),
             cleaned_to: AtomicI64::new(recovered.cleaned_to),
+            retention_floor: AtomicI64::new(i64::MAX),
         };
         let log = PartitionLog {
             inner: Arc::new(inner),
@@ -533,6 +537,13 @@ impl PartitionLog {
         opts: CleanOptions,
     ) -> Result<Option<CleanOutcome>, StorageError> {
         self.inner.clean(now_ms, opts)
+    }
+
+    /// Keeps retention and the cleaner from touching segments that reach `offset` or beyond
+    /// (replication: batches of Raft entries not yet purged). Not persisted: the holder sets it
+    /// again when it opens the log.
+    pub fn set_retention_floor(&self, offset: i64) {
+        self.inner.retention_floor.store(offset, Ordering::Release);
     }
 
     /// The cleaner's "cleaned up to" offset: below it the log was compacted at least once.
@@ -1115,6 +1126,12 @@ impl Inner {
         Ok(())
     }
 
+    /// Segments ending above this are kept by retention and the cleaner: the high watermark,
+    /// or the retention floor when that is lower.
+    pub(crate) fn retention_limit(&self) -> i64 {
+        (*self.hw_tx.borrow()).min(self.retention_floor.load(Ordering::Acquire))
+    }
+
     fn apply_retention(self: &Arc<Self>, now_ms: i64) -> Result<RetentionOutcome, StorageError> {
         self.check_usable()?;
         let config = read(&self.config).clone();
@@ -1131,7 +1148,7 @@ impl Inner {
             return Ok(out);
         }
         let _c = lock(&self.checkpoint_lock);
-        let hw = *self.hw_tx.borrow();
+        let hw = self.retention_limit();
         let segs: Vec<Arc<Segment>> = read(&self.segments).clone();
         let log_end = self.log_end.load(Ordering::Acquire);
         let ctx = |e: io::Error| StorageError::io(format!("retention of {}", self.name), e);

@@ -205,3 +205,29 @@ fn delete_records_moves_the_start_and_deletes_whole_segments() {
     assert_eq!(log.log_start_offset(), 100);
     assert_eq!(all_batches(&log, 100).len(), 10);
 }
+
+#[test]
+fn retention_keeps_segments_reaching_the_retention_floor() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = PartitionLog::open(dir.path(), "t", 0, config()).expect("open");
+    for i in 0..60u64 {
+        log.append(batch_of(1, 100, i, 0), 0, 0).expect("append");
+    }
+    log.set_high_watermark(log.log_end_offset());
+    assert!(log.segment_count() > 2, "the test needs several segments");
+    // A Raft log still needs entries from offset 10 on: nothing reaching it may go.
+    log.set_retention_floor(10);
+    log.apply_retention(10 * HOUR).expect("retention");
+    assert!(
+        log.log_start_offset() <= 10,
+        "start {}",
+        log.log_start_offset()
+    );
+    assert!(!all_batches(&log, log.log_start_offset()).is_empty());
+    assert_eq!(all_batches(&log, 10).first().map(|b| b.0), Some(10));
+    // Once it lets go, expired segments go as usual.
+    log.set_retention_floor(i64::MAX);
+    let out = log.apply_retention(10 * HOUR).expect("retention");
+    assert!(out.segments_deleted > 0);
+    assert!(log.log_start_offset() > 10);
+}

@@ -39,6 +39,8 @@ use super::{PartitionRaft, RecordBatch};
 
 /// How much one read of the segment log asks for when collecting entries.
 const READ_CHUNK: usize = 4 * 1024 * 1024;
+/// Bytes of recent entries a partition keeps in memory (see `Table::recent`).
+const RECENT_BYTES: usize = 8 * 1024 * 1024;
 /// Appends whose flush callbacks may wait at once; openraft's own pipeline bounds it first.
 const FLUSH_QUEUE: usize = 1024;
 
@@ -72,6 +74,11 @@ pub(crate) struct Table {
     /// Offset the next data entry will start at.
     next_offset: i64,
     state: RaftState,
+    /// The latest data entries' bytes, by index (ascending): a leader reads them back to
+    /// replicate and both sides to apply, right after appending, and the cache spares that read
+    /// (and its CRC pass). At most [`RECENT_BYTES`].
+    recent: VecDeque<(u64, Bytes)>,
+    recent_bytes: usize,
 }
 
 impl Table {
@@ -87,6 +94,43 @@ impl Table {
 
     fn next_index(&self) -> u64 {
         self.first_index + self.slots.len() as u64
+    }
+
+    fn remember(&mut self, index: u64, batch: Bytes) {
+        self.recent_bytes += batch.len();
+        self.recent.push_back((index, batch));
+        while self.recent_bytes > RECENT_BYTES {
+            match self.recent.pop_front() {
+                Some((_, b)) => self.recent_bytes -= b.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// Forgets cached entries at and after `index` (truncation).
+    fn forget_from(&mut self, index: u64) {
+        while self.recent.back().is_some_and(|(i, _)| *i >= index) {
+            if let Some((_, b)) = self.recent.pop_back() {
+                self.recent_bytes -= b.len();
+            }
+        }
+    }
+
+    /// Forgets cached entries at and before `index` (purge).
+    fn forget_upto(&mut self, index: u64) {
+        while self.recent.front().is_some_and(|(i, _)| *i <= index) {
+            if let Some((_, b)) = self.recent.pop_front() {
+                self.recent_bytes -= b.len();
+            }
+        }
+    }
+
+    fn cached(&self, index: u64) -> Option<Bytes> {
+        let pos = self.recent.partition_point(|(i, _)| *i < index);
+        self.recent
+            .get(pos)
+            .filter(|(i, _)| *i == index)
+            .map(|(_, b)| b.clone())
     }
 
     /// The slot at `index`, if the table holds it.
@@ -293,6 +337,8 @@ impl SegmentRaftLog {
             slots,
             next_offset,
             state,
+            recent: VecDeque::new(),
+            recent_bytes: 0,
         };
         if dropped > 0 {
             // Entries persisted after batches that did not survive: never acknowledged.
@@ -301,6 +347,8 @@ impl SegmentRaftLog {
         if fresh || dropped > 0 {
             table.persist(&dir).map_err(write_error)?;
         }
+        // Batches of entries not yet purged may still be read for a lagging follower.
+        log.set_retention_floor(table.state.anchor_offset);
         let shared = Arc::new(Shared {
             log,
             dir,
@@ -367,7 +415,7 @@ impl RaftLogReader<PartitionRaft> for SegmentRaftLog {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<PartitionRaft>>, RaftStorageError> {
-        let wanted: Vec<(u64, Slot)> = {
+        let (wanted, cached): (Vec<(u64, Slot)>, Vec<Option<Bytes>>) = {
             let t = self.shared.table();
             let start = match range.start_bound() {
                 Bound::Included(&i) => i,
@@ -382,16 +430,20 @@ impl RaftLogReader<PartitionRaft> for SegmentRaftLog {
             }
             .min(t.next_index());
             (start..end)
-                .filter_map(|i| t.get(i).map(|s| (i, s.clone())))
-                .collect()
+                .filter_map(|i| t.get(i).map(|s| ((i, s.clone()), t.cached(i))))
+                .unzip()
         };
+        // Only batches not in the cache are read from the segment log.
         let data_range =
             wanted
                 .iter()
-                .fold(None, |acc: Option<(i64, i64)>, (_, s)| match (s, acc) {
-                    (Slot::Data { base, last, .. }, None) => Some((*base, *last)),
-                    (Slot::Data { last, .. }, Some((b, _))) => Some((b, *last)),
-                    (Slot::Meta { .. }, acc) => acc,
+                .zip(&cached)
+                .fold(None, |acc: Option<(i64, i64)>, ((_, s), c)| {
+                    match (s, c, acc) {
+                        (Slot::Data { base, last, .. }, None, None) => Some((*base, *last)),
+                        (Slot::Data { last, .. }, None, Some((b, _))) => Some((b, *last)),
+                        _ => acc,
+                    }
                 });
         let mut batches = match data_range {
             Some((from, last)) => match read_batches(&self.shared.log, from, last + 1) {
@@ -401,28 +453,34 @@ impl RaftLogReader<PartitionRaft> for SegmentRaftLog {
             None => Vec::new().into_iter(),
         };
         let mut entries = Vec::with_capacity(wanted.len());
-        for (index, slot) in &wanted {
+        for ((index, slot), cached) in wanted.iter().zip(cached) {
             let payload = match slot {
                 Slot::Meta { payload, .. } => match &**payload {
                     MetaPayload::Blank => EntryPayload::Blank,
                     MetaPayload::Membership(m) => EntryPayload::Membership(m.clone()),
                 },
-                Slot::Data { term, base, .. } => match batches.next() {
-                    Some((h, bytes))
-                        if h.base_offset == *base
-                            && i64::from(h.partition_leader_epoch) == *term as i64 =>
-                    {
-                        EntryPayload::Normal(RecordBatch(bytes))
-                    }
-                    found => {
-                        let found = found.map(|(h, _)| (h.base_offset, h.partition_leader_epoch));
-                        let why = format!(
-                            "entry {index}: expected a batch at offset {base} of term {term}, \
+                Slot::Data { .. } if cached.is_some() => {
+                    EntryPayload::Normal(RecordBatch(cached.unwrap_or_default()))
+                }
+                Slot::Data { term, base, .. } => {
+                    match batches.by_ref().find(|(h, _)| h.base_offset >= *base) {
+                        Some((h, bytes))
+                            if h.base_offset == *base
+                                && i64::from(h.partition_leader_epoch) == *term as i64 =>
+                        {
+                            EntryPayload::Normal(RecordBatch(bytes))
+                        }
+                        found => {
+                            let found =
+                                found.map(|(h, _)| (h.base_offset, h.partition_leader_epoch));
+                            let why = format!(
+                                "entry {index}: expected a batch at offset {base} of term {term}, \
                              found {found:?}"
-                        );
-                        return self.unless_truncated(&wanted, entries, why);
+                            );
+                            return self.unless_truncated(&wanted, entries, why);
+                        }
                     }
-                },
+                }
             };
             entries.push(Entry {
                 log_id: log_id(slot.term(), *index),
@@ -498,9 +556,10 @@ impl RaftLogStorage<PartitionRaft> for SegmentRaftLog {
                     let out = self
                         .shared
                         .log
-                        .append_entry(batch, epoch, now)
+                        .append_entry(batch.clone(), epoch, now)
                         .map_err(write_error)?;
                     let mut t = self.shared.table();
+                    t.remember(index, batch);
                     t.slots.push_back(Slot::Data {
                         term,
                         base: out.base_offset,
@@ -559,6 +618,7 @@ impl RaftLogStorage<PartitionRaft> for SegmentRaftLog {
                 Slot::Meta { .. } => None,
             });
             t.slots.truncate(pos);
+            t.forget_from(log_id.index);
             if let Some(offset) = cut {
                 t.next_offset = offset;
             }
@@ -579,6 +639,7 @@ impl RaftLogStorage<PartitionRaft> for SegmentRaftLog {
         let n = (log_id.index + 1).saturating_sub(t.first_index);
         let n = usize::try_from(n).unwrap_or(usize::MAX).min(t.slots.len());
         t.slots.drain(..n);
+        t.forget_upto(log_id.index);
         t.first_index = t.first_index.max(log_id.index + 1);
         t.state.first_index = t.first_index;
         t.state.last_purged = Some(log_id);
@@ -592,6 +653,8 @@ impl RaftLogStorage<PartitionRaft> for SegmentRaftLog {
                 Slot::Meta { .. } => None,
             })
             .unwrap_or(t.next_offset);
-        self.persist(&mut t)
+        self.persist(&mut t)?;
+        self.shared.log.set_retention_floor(t.state.anchor_offset);
+        Ok(())
     }
 }

@@ -29,8 +29,9 @@ use bytes::Bytes;
 pub use log_store::SegmentRaftLog;
 pub use state_machine::{CommitMachine, CommitSnapshotBuilder};
 
-/// A record batch carried by a Raft entry: the producer's bytes on the way in, the stored
-/// bytes (offsets and epoch stamped) when read back for followers.
+/// A record batch carried by a Raft entry: the producer's bytes as proposed, or the stored
+/// bytes when read back from the segment log. Either way every replica stamps offsets and epoch
+/// itself when it appends (the CRC does not cover them), so neither is trusted from the wire.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordBatch(pub Bytes);
 

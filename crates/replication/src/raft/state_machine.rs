@@ -14,10 +14,9 @@ use openraft::{
     AnyError, EmptyNode, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, RaftSnapshotBuilder,
     SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
-use sluice_protocol::batch::BatchHeader;
 
 use super::log_store::{SegmentRaftLog, Shared, Slot};
-use super::{Appended, PartitionRaft, RecordBatch};
+use super::{Appended, PartitionRaft};
 
 type RaftStorageError = StorageError<u64>;
 
@@ -147,18 +146,18 @@ impl RaftStateMachine<PartitionRaft> for CommitMachine {
         for entry in entries {
             self.applied = Some(entry.log_id);
             match entry.payload {
-                EntryPayload::Normal(RecordBatch(batch)) => {
+                EntryPayload::Normal(_) => {
+                    // Offsets come from the index table: the entry's bytes may be the
+                    // producer's, whose header carries no offsets yet.
                     let known = match self.shared.table().get(entry.log_id.index) {
                         Some(Slot::Data { base, last, .. }) => Some((*base, *last)),
                         _ => None,
                     };
-                    let (base, last) = match known {
-                        Some(v) => v,
-                        None => {
-                            let h = BatchHeader::parse(&batch)
-                                .map_err(|e| sm_error(ErrorVerb::Write, e))?;
-                            (h.base_offset, h.last_offset())
-                        }
+                    let Some((base, last)) = known else {
+                        return Err(sm_error(
+                            ErrorVerb::Write,
+                            format!("applying entry {}: not in the log", entry.log_id),
+                        ));
                     };
                     high_watermark = Some(last + 1);
                     out.push(Some(Appended {

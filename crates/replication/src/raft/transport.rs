@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
 use openraft::network::RPCOption;
 use openraft::raft::{
@@ -32,7 +32,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::PartitionRaft;
 use super::wire::{
-    MAX_FRAME, Request, Response, decode_request, decode_response, encode_request, encode_response,
+    Frame, MAX_FRAME, Request, Response, decode_request, decode_response, encode_request,
+    encode_response,
 };
 
 /// Requests one connection may have in progress on the receiving side.
@@ -59,21 +60,35 @@ async fn read_frame(r: &mut OwnedReadHalf) -> io::Result<Option<Bytes>> {
             format!("a {len}-byte frame exceeds the {MAX_FRAME}-byte limit"),
         ));
     }
-    let mut buf = BytesMut::zeroed(len);
-    r.read_exact(&mut buf).await?;
+    // Filled by `read_buf` into spare capacity: no zeroing pass over a large frame.
+    let mut buf = BytesMut::with_capacity(len);
+    while buf.len() < len {
+        let want = len - buf.len();
+        let mut limited = (&mut buf).limit(want);
+        if r.read_buf(&mut limited).await? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed inside a frame",
+            ));
+        }
+    }
     Ok(Some(buf.freeze()))
 }
 
 /// Writes queued frames, flushing only when the queue is empty (many frames, few writes).
-async fn write_frames(w: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) -> io::Result<()> {
-    let mut w = BufWriter::with_capacity(256 * 1024, w);
+async fn write_frames(w: OwnedWriteHalf, mut rx: mpsc::Receiver<Frame>) -> io::Result<()> {
+    // Small pieces gather in the buffer; a piece larger than it (a big batch) is written
+    // straight from its own bytes.
+    let mut w = BufWriter::with_capacity(64 * 1024, w);
     while let Some(frame) = rx.recv().await {
         let mut next = Some(frame);
         while let Some(f) = next {
             let len = u32::try_from(f.len())
                 .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
             w.write_all(&len.to_be_bytes()).await?;
-            w.write_all(&f).await?;
+            for part in f.parts() {
+                w.write_all(part).await?;
+            }
             next = rx.try_recv().ok();
         }
         w.flush().await?;
@@ -169,7 +184,9 @@ impl RaftServer {
             requests.spawn(async move {
                 let resp = server.handle(&group, req).await;
                 // A closed queue means the connection is gone; the sender will retry.
-                let _ = tx.send(encode_response(correlation, &resp)).await;
+                let _ = tx
+                    .send(Frame::from(encode_response(correlation, &resp)))
+                    .await;
                 drop(permit);
             });
         };
@@ -203,7 +220,7 @@ type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
 
 /// A live connection to a peer.
 struct Link {
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::Sender<Frame>,
     pending: Pending,
     alive: Arc<std::sync::atomic::AtomicBool>,
 }

@@ -48,8 +48,58 @@ pub enum Response {
     Refused(String),
 }
 
+/// A frame body in pieces: encoded fields, with record batches as they are (no copy). Its
+/// bytes are the pieces in order.
+#[derive(Debug, Default)]
+pub struct Frame {
+    parts: Vec<Bytes>,
+    len: usize,
+}
+
+impl Frame {
+    fn push(&mut self, b: Bytes) {
+        self.len += b.len();
+        if !b.is_empty() {
+            self.parts.push(b);
+        }
+    }
+
+    /// Body length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for an empty body.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The pieces, in order.
+    pub fn parts(&self) -> &[Bytes] {
+        &self.parts
+    }
+
+    /// The body as one buffer (tests, small frames).
+    pub fn to_bytes(&self) -> Bytes {
+        let mut v = Vec::with_capacity(self.len);
+        for p in &self.parts {
+            v.extend_from_slice(p);
+        }
+        Bytes::from(v)
+    }
+}
+
+impl From<Vec<u8>> for Frame {
+    fn from(v: Vec<u8>) -> Self {
+        let mut f = Frame::default();
+        f.push(Bytes::from(v));
+        f
+    }
+}
+
 /// A request frame body: correlation id, group, request.
-pub fn encode_request(correlation: u64, group: &str, req: &Request) -> Vec<u8> {
+pub fn encode_request(correlation: u64, group: &str, req: &Request) -> Frame {
+    let mut frame = Frame::default();
     let mut w = Vec::with_capacity(64);
     put_u64(&mut w, correlation);
     put_bytes(&mut w, group.as_bytes());
@@ -67,7 +117,10 @@ pub fn encode_request(correlation: u64, group: &str, req: &Request) -> Vec<u8> {
                     EntryPayload::Blank => w.push(0),
                     EntryPayload::Normal(RecordBatch(b)) => {
                         w.push(1);
-                        put_bytes(&mut w, b);
+                        put_u32(&mut w, b.len());
+                        // The batch itself goes out as it is, between encoded pieces.
+                        frame.push(Bytes::from(std::mem::take(&mut w)));
+                        frame.push(b.clone());
                     }
                     EntryPayload::Membership(m) => {
                         w.push(2);
@@ -90,7 +143,8 @@ pub fn encode_request(correlation: u64, group: &str, req: &Request) -> Vec<u8> {
             w.push(u8::from(r.done));
         }
     }
-    w
+    frame.push(Bytes::from(w));
+    frame
 }
 
 /// Decodes a request frame body; record batches are slices of `frame`.
@@ -250,11 +304,7 @@ mod tests {
 
     #[test]
     fn requests_round_trip() {
-        let frame = Bytes::from(encode_request(
-            7,
-            "orders-3",
-            &Request::AppendEntries(append()),
-        ));
+        let frame = encode_request(7, "orders-3", &Request::AppendEntries(append())).to_bytes();
         let (c, g, req) = decode_request(&frame).expect("decode");
         assert_eq!((c, g.as_str()), (7, "orders-3"));
         match req {
@@ -282,11 +332,7 @@ mod tests {
             data: vec![1, 2, 3],
             done: true,
         };
-        let frame = Bytes::from(encode_request(
-            8,
-            "g",
-            &Request::InstallSnapshot(snap.clone()),
-        ));
+        let frame = encode_request(8, "g", &Request::InstallSnapshot(snap.clone())).to_bytes();
         match decode_request(&frame).expect("decode").2 {
             Request::InstallSnapshot(s) => assert_eq!(s, snap),
             other => panic!("decoded {other:?}"),
@@ -317,14 +363,14 @@ mod tests {
 
     #[test]
     fn garbage_is_refused() {
-        let frame = encode_request(7, "orders-3", &Request::AppendEntries(append()));
+        let frame = encode_request(7, "orders-3", &Request::AppendEntries(append())).to_bytes();
         for n in 0..frame.len() {
             assert!(
                 decode_request(&Bytes::copy_from_slice(&frame[..n])).is_err(),
                 "a {n}-byte prefix decoded"
             );
         }
-        let mut longer = frame.clone();
+        let mut longer = frame.to_vec();
         longer.push(0);
         assert!(decode_request(&Bytes::from(longer)).is_err());
     }
