@@ -251,6 +251,15 @@ impl PartitionLog {
         leader_epoch: i32,
         now_ms: i64,
     ) -> Result<AppendOutcome, AppendError> {
+        let header = self.validate(&batch)?;
+        self.inner
+            .append_validated(batch, header, leader_epoch, now_ms)
+    }
+
+    /// The checks [`PartitionLog::append`] makes before writing (size against
+    /// `max.message.bytes`, a well-formed producer batch with a valid CRC, keys on a compacted
+    /// log), for a leader that proposes the batch to its replicas instead of appending it.
+    pub fn validate(&self, batch: &[u8]) -> Result<BatchHeader, AppendError> {
         let (max, compacted) = {
             let config = read(&self.inner.config);
             (config.max_message_bytes, config.cleanup_policy.compacts())
@@ -261,12 +270,11 @@ impl PartitionLog {
                 max,
             });
         }
-        let header = validate_producer_batch(&batch)?;
+        let header = validate_producer_batch(batch)?;
         if compacted {
-            self.check_keys(&batch, &header)?;
+            self.check_keys(batch, &header)?;
         }
-        self.inner
-            .append_validated(batch, header, leader_epoch, now_ms)
+        Ok(header)
     }
 
     /// A compacted log keeps the latest record per key, so Kafka refuses the whole batch when

@@ -6,6 +6,8 @@
 //! - [`CommitMachine`]: applying a committed entry moves the high watermark; a snapshot is a
 //!   position in the log, not a copy of it.
 //! - [`transport`] and [`wire`]: one TCP connection per peer shared by every group.
+//! - [`replica`]: a partition replica in Kafka's terms (leader, epoch, in-sync replicas, an
+//!   append answering with Kafka's errors), for the broker's produce and metadata paths.
 //!
 //! One leader per term (openraft's `single-term-leader`), so a Raft term is the Kafka leader
 //! epoch stamped into each batch's `partitionLeaderEpoch`.
@@ -16,6 +18,7 @@
 
 pub(crate) mod codec;
 mod log_store;
+pub mod replica;
 mod state_file;
 mod state_machine;
 pub mod transport;

@@ -1,0 +1,266 @@
+//! [`RaftReplica`]: one node's replica of a partition in its Raft group, with the calls the
+//! broker's produce and metadata paths need, in Kafka's terms: who leads, at what leader epoch,
+//! which replicas are in sync, and an append that answers with Kafka's errors.
+//!
+//! In-sync follows Kafka's rule (`replica.lag.time.max.ms`): a follower is in sync while it has
+//! replicated at least what the leader had that long ago. The leader samples its own log end
+//! as its metrics change and compares each follower's matched index with the sample from one lag
+//! window back.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{Raft, RaftNetworkFactory, ServerState};
+use sluice_storage::{AppendError, PartitionLog};
+use tokio::task::JoinHandle;
+
+use super::{Appended, CommitMachine, PartitionRaft, RecordBatch, SegmentRaftLog};
+use crate::partition::Acks;
+
+/// Why a replicated append failed, with its Kafka error code.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// This replica does not lead; `leader` is who does, if known.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader's node id, if known.
+        leader: Option<u64>,
+    },
+    /// acks=all with fewer in-sync replicas than `min.insync.replicas`.
+    #[error("{isr} in-sync replicas, min.insync.replicas is {min_isr}")]
+    NotEnoughReplicas {
+        /// In-sync replicas now.
+        isr: usize,
+        /// The topic's `min.insync.replicas`.
+        min_isr: i32,
+    },
+    /// The batch was refused before it was proposed (size, CRC, format, keys).
+    #[error(transparent)]
+    Invalid(#[from] AppendError),
+    /// Raft or the log failed.
+    #[error("replication failed: {0}")]
+    Failed(String),
+}
+
+impl ReplicaError {
+    /// The Kafka error code for a produce response.
+    pub fn error_code(&self) -> i16 {
+        match self {
+            ReplicaError::NotLeader { .. } => ResponseError::NotLeaderOrFollower.code(),
+            ReplicaError::NotEnoughReplicas { .. } => ResponseError::NotEnoughReplicas.code(),
+            ReplicaError::Invalid(e) => e.error_code(),
+            ReplicaError::Failed(_) => ResponseError::KafkaStorageError.code(),
+        }
+    }
+}
+
+/// (when, leader's last log index then), oldest first.
+type Samples = VecDeque<(Instant, u64)>;
+
+/// This node's replica of one partition.
+pub struct RaftReplica {
+    node_id: u64,
+    replicas: Vec<u64>,
+    log: Arc<PartitionLog>,
+    raft: Raft<PartitionRaft>,
+    min_insync_replicas: AtomicI32,
+    lag_max: Duration,
+    samples: Arc<Mutex<Samples>>,
+    sampler: JoinHandle<()>,
+}
+
+fn lock(m: &Mutex<Samples>) -> MutexGuard<'_, Samples> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl RaftReplica {
+    /// Starts this node's member over `log` (an open partition log), initializing a fresh
+    /// group with `replicas` as voters (every replica may do so; it is idempotent).
+    /// `heartbeat` is the leader's heartbeat interval; `lag_max` is `replica.lag.time.max.ms`.
+    pub async fn start<N: RaftNetworkFactory<PartitionRaft>>(
+        node_id: u64,
+        replicas: &[u64],
+        log: Arc<PartitionLog>,
+        network: N,
+        heartbeat: Duration,
+        lag_max: Duration,
+    ) -> Result<Self, ReplicaError> {
+        let failed = |e: &dyn std::fmt::Display| ReplicaError::Failed(e.to_string());
+        let fresh = log.log_end_offset() == 0;
+        let store = SegmentRaftLog::open(Arc::clone(&log)).map_err(|e| failed(&e))?;
+        let sm = CommitMachine::open(&store);
+        let config = super::partition_config(log.name(), heartbeat).map_err(|e| failed(&e))?;
+        let raft = Raft::new(node_id, Arc::new(config), network, store, sm)
+            .await
+            .map_err(|e| failed(&e))?;
+        if fresh {
+            let voters: BTreeSet<u64> = replicas.iter().copied().collect();
+            match raft.initialize(voters).await {
+                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(failed(&e)),
+            }
+        }
+        let samples: Arc<Mutex<Samples>> = Arc::default();
+        let sampler = tokio::spawn(sample_log_end(raft.clone(), Arc::clone(&samples), lag_max));
+        Ok(RaftReplica {
+            node_id,
+            replicas: replicas.to_vec(),
+            log,
+            raft,
+            min_insync_replicas: AtomicI32::new(1),
+            lag_max,
+            samples,
+            sampler,
+        })
+    }
+
+    /// The Raft member (to register with the transport's server).
+    pub fn raft(&self) -> &Raft<PartitionRaft> {
+        &self.raft
+    }
+
+    /// The partition log.
+    pub fn log(&self) -> &Arc<PartitionLog> {
+        &self.log
+    }
+
+    /// Replica node ids, as assigned.
+    pub fn replicas(&self) -> &[u64] {
+        &self.replicas
+    }
+
+    /// Sets `min.insync.replicas` (from the topic's configs).
+    pub fn set_min_insync_replicas(&self, n: i32) {
+        self.min_insync_replicas.store(n, Ordering::Release);
+    }
+
+    /// The leader as this replica knows it.
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// True while this replica leads.
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.node_id)
+    }
+
+    /// The leader epoch: the Raft term.
+    pub fn leader_epoch(&self) -> i32 {
+        i32::try_from(self.raft.metrics().borrow().current_term).unwrap_or(i32::MAX)
+    }
+
+    /// The in-sync replicas (the leader and every follower within `replica.lag.time.max.ms`);
+    /// only the leader knows, others answer with the leader alone if known.
+    pub fn in_sync_replicas(&self) -> Vec<u64> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.state != ServerState::Leader {
+            return m.current_leader.into_iter().collect();
+        }
+        let threshold = {
+            let samples = lock(&self.samples);
+            let cutoff = Instant::now().checked_sub(self.lag_max);
+            // What the leader had one lag window ago. A leader younger than that has no such
+            // sample: like Kafka after a leader change, it counts every replica in sync until
+            // one has lagged for a whole window.
+            samples
+                .iter()
+                .rev()
+                .find(|(t, _)| cutoff.is_none_or(|c| *t <= c))
+                .map(|(_, i)| *i)
+        };
+        let Some(threshold) = threshold else {
+            return self.replicas.clone();
+        };
+        let matched = m.replication.unwrap_or_default();
+        self.replicas
+            .iter()
+            .copied()
+            .filter(|id| {
+                *id == self.node_id
+                    || matched
+                        .get(id)
+                        .copied()
+                        .flatten()
+                        .is_some_and(|l| l.index >= threshold)
+            })
+            .collect()
+    }
+
+    /// Validates `batch` and proposes it; answers once it is committed (for every `acks`:
+    /// a Raft entry is acknowledged at commit) with where its records landed.
+    pub async fn append(&self, batch: Bytes, acks: Acks) -> Result<Appended, ReplicaError> {
+        if !self.is_leader() {
+            return Err(ReplicaError::NotLeader {
+                leader: self.leader(),
+            });
+        }
+        if acks == Acks::All {
+            let isr = self.in_sync_replicas().len();
+            let min_isr = self.min_insync_replicas.load(Ordering::Acquire);
+            if (isr as i64) < i64::from(min_isr) {
+                return Err(ReplicaError::NotEnoughReplicas { isr, min_isr });
+            }
+        }
+        self.log.validate(&batch)?;
+        match self.raft.client_write(RecordBatch(batch)).await {
+            Ok(r) => r
+                .data
+                .ok_or_else(|| ReplicaError::Failed("a batch committed without offsets".into())),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ReplicaError::NotLeader {
+                    leader: f.leader_id,
+                })
+            }
+            Err(e) => Err(ReplicaError::Failed(e.to_string())),
+        }
+    }
+
+    /// Stops the member (the log stays open; its owner closes it).
+    pub async fn shutdown(&self) -> Result<(), ReplicaError> {
+        self.sampler.abort();
+        self.raft
+            .shutdown()
+            .await
+            .map_err(|e| ReplicaError::Failed(e.to_string()))
+    }
+}
+
+/// Records the leader's log end as it moves, keeping one lag window of samples (at most one
+/// per 100 ms, so the queue stays small).
+async fn sample_log_end(raft: Raft<PartitionRaft>, samples: Arc<Mutex<Samples>>, lag: Duration) {
+    let mut rx = raft.metrics();
+    loop {
+        let (leader, index) = {
+            let m = rx.borrow_and_update();
+            (m.state == ServerState::Leader, m.last_log_index)
+        };
+        {
+            let mut s = lock(&samples);
+            if !leader {
+                s.clear();
+            } else if let Some(i) = index {
+                let now = Instant::now();
+                if s.back()
+                    .is_none_or(|(t, _)| now.duration_since(*t) >= Duration::from_millis(100))
+                {
+                    s.push_back((now, i));
+                }
+                // Keep one sample at or before the window's start (the oldest is kept from
+                // the start of the leadership, which tells a young leader from an older one).
+                while s.len() > 1 && s.get(1).is_some_and(|(t, _)| now.duration_since(*t) >= lag) {
+                    s.pop_front();
+                }
+            }
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
