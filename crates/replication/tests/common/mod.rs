@@ -109,3 +109,51 @@ pub fn last_index(raft: &Raft<PartitionRaft>) -> u64 {
         .last_log_index
         .expect("a last log index")
 }
+
+/// A network that reaches nobody (one-member groups never use it).
+pub struct Unreachable;
+
+impl openraft::RaftNetwork<PartitionRaft> for Unreachable {
+    async fn append_entries(
+        &mut self,
+        _rpc: openraft::raft::AppendEntriesRequest<PartitionRaft>,
+        _option: openraft::network::RPCOption,
+    ) -> Result<
+        openraft::raft::AppendEntriesResponse<u64>,
+        openraft::error::RPCError<u64, openraft::EmptyNode, openraft::error::RaftError<u64>>,
+    > {
+        Err(unreachable())
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        _rpc: openraft::raft::InstallSnapshotRequest<PartitionRaft>,
+        _option: openraft::network::RPCOption,
+    ) -> Result<
+        openraft::raft::InstallSnapshotResponse<u64>,
+        openraft::error::RPCError<
+            u64,
+            openraft::EmptyNode,
+            openraft::error::RaftError<u64, openraft::error::InstallSnapshotError>,
+        >,
+    > {
+        Err(unreachable())
+    }
+
+    async fn vote(
+        &mut self,
+        _rpc: openraft::raft::VoteRequest<u64>,
+        _option: openraft::network::RPCOption,
+    ) -> Result<
+        openraft::raft::VoteResponse<u64>,
+        openraft::error::RPCError<u64, openraft::EmptyNode, openraft::error::RaftError<u64>>,
+    > {
+        Err(unreachable())
+    }
+}
+
+fn unreachable<E: std::error::Error>() -> openraft::error::RPCError<u64, openraft::EmptyNode, E> {
+    openraft::error::RPCError::Unreachable(openraft::error::Unreachable::new(
+        &std::io::Error::other("no network"),
+    ))
+}
