@@ -10,9 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::{Raft, ServerState};
-use sluice_replication::raft::PartitionRaft;
 use sluice_replication::raft::transport::{GroupNetwork, Peers, RaftServer};
-use sluice_storage::PartitionLog;
+use sluice_replication::raft::{
+    CommitMachine, PartitionRaft, SegmentRaftLog, partition_config_with,
+};
+use sluice_storage::{LogConfig, PartitionLog};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -29,17 +31,46 @@ struct Node {
 }
 
 async fn start(root: &Path, id: u64, listener: TcpListener, addrs: &[SocketAddr]) -> Node {
+    start_with(root, id, listener, addrs, &GROUPS, None).await
+}
+
+/// A node serving `groups`; with `snapshots` = (every, kept), members snapshot and purge that
+/// often and copy what a snapshot names from the leader when they fell behind.
+async fn start_with(
+    root: &Path,
+    id: u64,
+    listener: TcpListener,
+    addrs: &[SocketAddr],
+    groups: &[&str],
+    snapshots: Option<(u64, u64)>,
+) -> Node {
     let peers = Arc::new(Peers::default());
     for (i, addr) in addrs.iter().enumerate() {
         peers.set(i as u64 + 1, *addr);
     }
     let server = RaftServer::default();
     let mut members = Vec::new();
-    for group in GROUPS {
+    for group in groups {
         let dir = root.join(format!("node-{id}")).join(group);
         let network = GroupNetwork::new(Arc::clone(&peers), group);
-        let (log, raft) = open_member(&dir, group, id, network).await;
+        let (log, raft) = match snapshots {
+            None => open_member(&dir, group, id, network).await,
+            Some((every, kept)) => {
+                let log = Arc::new(
+                    PartitionLog::open(&dir, "orders", 0, LogConfig::default()).expect("open log"),
+                );
+                let store = SegmentRaftLog::open(Arc::clone(&log)).expect("raft log");
+                let sm = CommitMachine::open(&store).with_catch_up(Arc::new(network.clone()));
+                let config = partition_config_with(group, Duration::from_millis(50), every, kept)
+                    .expect("config");
+                let raft = Raft::new(id, Arc::new(config), network, store, sm)
+                    .await
+                    .expect("raft");
+                (log, raft)
+            }
+        };
         server.register(group, raft.clone());
+        server.register_log(group, Arc::clone(&log));
         members.push((log, raft));
     }
     Node {
@@ -205,6 +236,111 @@ async fn groups_share_peer_connections_and_survive_a_node_restart() {
             assert_eq!(n.members[g].0.high_watermark(), *end);
         }
     }
+    for n in nodes.into_iter().flatten() {
+        kill(n).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_behind_the_purged_entries_copies_them_from_the_leader() {
+    log_errors();
+    let root = tempfile::tempdir().expect("tempdir");
+    let groups = ["orders-0"];
+    let snapshots = Some((10, 5));
+    let mut listeners = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 1..=3 {
+        let l = TcpListener::bind(format!("127.0.0.{i}:0"))
+            .await
+            .expect("bind");
+        addrs.push(l.local_addr().expect("addr"));
+        listeners.push(l);
+    }
+    let mut nodes: Vec<Option<Node>> = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        nodes.push(Some(
+            start_with(root.path(), i as u64 + 1, l, &addrs, &groups, snapshots).await,
+        ));
+    }
+    nodes[0].as_ref().expect("node").members[0]
+        .1
+        .initialize(BTreeSet::from([1, 2, 3]))
+        .await
+        .expect("initialize");
+    let leader = leader_of(&nodes, 0).await;
+    let mut end = 0;
+    for tag in 0..10u64 {
+        end = write(&leader, tag, 3).await.last_offset + 1;
+    }
+    converged(&nodes, 0, &leader).await;
+
+    // A follower goes away while the leader snapshots and purges far past it.
+    let leader_id = leader.metrics().borrow().id as usize;
+    let follower = (1..=3).find(|i| *i != leader_id).expect("a follower");
+    kill(nodes[follower - 1].take().expect("follower")).await;
+    for tag in 10..70u64 {
+        end = write(&leader, tag, 3).await.last_offset + 1;
+    }
+    let purged = leader
+        .wait(Some(WAIT))
+        .metrics(
+            |m| m.purged.is_some_and(|p| p.index > 15),
+            "the leader purged",
+        )
+        .await
+        .expect("purged")
+        .purged;
+
+    // Back from its files, it is sent a snapshot, copies the records it names, and follows on.
+    let listener = TcpListener::bind(addrs[follower - 1])
+        .await
+        .expect("rebind");
+    nodes[follower - 1] = Some(
+        start_with(
+            root.path(),
+            follower as u64,
+            listener,
+            &addrs,
+            &groups,
+            snapshots,
+        )
+        .await,
+    );
+    let leader = leader_of(&nodes, 0).await;
+    for tag in 70..75u64 {
+        end = write(&leader, tag, 3).await.last_offset + 1;
+    }
+    converged(&nodes, 0, &leader).await;
+    let back = nodes[follower - 1].as_ref().expect("follower");
+    assert_eq!(back.members[0].0.high_watermark(), end);
+    assert!(
+        back.members[0].1.metrics().borrow().snapshot.is_some(),
+        "the follower took a snapshot (the leader had purged up to {purged:?})"
+    );
+
+    // What it copied is its own from now on: after another restart it rebuilds the same log.
+    kill(nodes[follower - 1].take().expect("follower")).await;
+    let listener = TcpListener::bind(addrs[follower - 1])
+        .await
+        .expect("rebind");
+    nodes[follower - 1] = Some(
+        start_with(
+            root.path(),
+            follower as u64,
+            listener,
+            &addrs,
+            &groups,
+            snapshots,
+        )
+        .await,
+    );
+    let leader = leader_of(&nodes, 0).await;
+    for tag in 75..80u64 {
+        end = write(&leader, tag, 3).await.last_offset + 1;
+    }
+    converged(&nodes, 0, &leader).await;
+    let back = nodes[follower - 1].as_ref().expect("follower");
+    assert_eq!(back.members[0].0.high_watermark(), end);
     for n in nodes.into_iter().flatten() {
         kill(n).await;
     }

@@ -161,6 +161,12 @@ pub(crate) fn put_snapshot_meta(w: &mut Vec<u8>, meta: &SnapshotMeta<u64, EmptyN
 }
 
 impl Reader<'_> {
+    pub(crate) fn u32(&mut self) -> Result<u32, String> {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(self.take(4)?);
+        Ok(u32::from_be_bytes(b))
+    }
+
     pub(crate) fn vote(&mut self) -> Result<Vote<u64>, String> {
         let term = self.u64()?;
         let voted_for = self.opt_u64()?;

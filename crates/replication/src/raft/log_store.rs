@@ -166,6 +166,40 @@ impl Table {
         self.state.snapshot_end_offset
     }
 
+    /// The leader this replica last voted for in a committed vote (who sent a snapshot).
+    pub(crate) fn leader(&self) -> Option<u64> {
+        self.state
+            .vote
+            .filter(|v| v.committed)
+            .and_then(|v| v.leader_id.voted_for)
+    }
+
+    /// True if the table holds entries after `index`.
+    pub(crate) fn has_entries_after(&self, index: u64) -> bool {
+        self.next_index() > index + 1 && !self.slots.is_empty()
+    }
+
+    /// After a snapshot was installed by copying its records: the log holds data up to
+    /// `end_offset`, and the Raft log continues after `meta`'s last log id with nothing held.
+    pub(crate) fn reset_to_snapshot(
+        &mut self,
+        dir: &Path,
+        meta: openraft::SnapshotMeta<u64, openraft::EmptyNode>,
+        end_offset: i64,
+        term: u64,
+    ) -> io::Result<()> {
+        let next_index = meta.last_log_id.map_or(0, |id| id.index + 1);
+        self.slots.clear();
+        self.recent.clear();
+        self.recent_bytes = 0;
+        self.first_index = next_index;
+        self.next_offset = end_offset;
+        self.state.first_index = next_index;
+        self.state.last_purged = meta.last_log_id;
+        self.state.anchor_offset = end_offset;
+        self.set_snapshot(dir, meta, end_offset, term)
+    }
+
     pub(crate) fn snapshot_term(&self) -> u64 {
         self.state.snapshot_term
     }

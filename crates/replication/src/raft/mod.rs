@@ -60,6 +60,19 @@ openraft::declare_raft_types!(
         AsyncRuntime = openraft::TokioRuntime,
 );
 
+/// Where a replica that fell behind the leader's purged entries copies the committed batches a
+/// snapshot names (the transport's [`transport::GroupNetwork`] asks the leader).
+pub trait CatchUpSource: Send + Sync + 'static {
+    /// Whole committed batches from offset `from` of `leader`'s log, at most `max_bytes`
+    /// (at least one batch); empty at its high watermark.
+    fn read(
+        &self,
+        leader: u64,
+        from: i64,
+        max_bytes: usize,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, String>> + Send + '_>>;
+}
+
 /// Entries kept after a snapshot before they are purged from the index table, so a follower
 /// that is a little behind catches up from the log rather than by a snapshot.
 pub const LOG_ENTRIES_KEPT: u64 = 100_000;
@@ -73,6 +86,17 @@ pub fn partition_config(
     cluster_name: &str,
     heartbeat: Duration,
 ) -> Result<openraft::Config, openraft::ConfigError> {
+    partition_config_with(cluster_name, heartbeat, SNAPSHOT_EVERY, LOG_ENTRIES_KEPT)
+}
+
+/// [`partition_config`] with the snapshot interval and the entries kept after a snapshot
+/// given (tests use small ones to make a replica fall behind the purged entries).
+pub fn partition_config_with(
+    cluster_name: &str,
+    heartbeat: Duration,
+    snapshot_every: u64,
+    entries_kept: u64,
+) -> Result<openraft::Config, openraft::ConfigError> {
     let hb = u64::try_from(heartbeat.as_millis())
         .unwrap_or(u64::MAX)
         .max(1);
@@ -81,8 +105,8 @@ pub fn partition_config(
         heartbeat_interval: hb,
         election_timeout_min: hb * 3,
         election_timeout_max: hb * 6,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
-        max_in_snapshot_log_to_keep: LOG_ENTRIES_KEPT,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
+        max_in_snapshot_log_to_keep: entries_kept,
         ..openraft::Config::default()
     }
     .validate()

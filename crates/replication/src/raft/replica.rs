@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
-use openraft::{Raft, RaftNetworkFactory, ServerState};
+use openraft::{Raft, ServerState};
 use sluice_storage::{AppendError, PartitionLog};
 use tokio::task::JoinHandle;
 
+use super::transport::GroupNetwork;
 use super::{Appended, CommitMachine, PartitionRaft, RecordBatch, SegmentRaftLog};
 use crate::partition::Acks;
 
@@ -82,18 +83,20 @@ impl RaftReplica {
     /// Starts this node's member over `log` (an open partition log), initializing a fresh
     /// group with `replicas` as voters (every replica may do so; it is idempotent).
     /// `heartbeat` is the leader's heartbeat interval; `lag_max` is `replica.lag.time.max.ms`.
-    pub async fn start<N: RaftNetworkFactory<PartitionRaft>>(
+    pub async fn start(
         node_id: u64,
         replicas: &[u64],
         log: Arc<PartitionLog>,
-        network: N,
+        network: GroupNetwork,
         heartbeat: Duration,
         lag_max: Duration,
     ) -> Result<Self, ReplicaError> {
         let failed = |e: &dyn std::fmt::Display| ReplicaError::Failed(e.to_string());
         let fresh = log.log_end_offset() == 0;
         let store = SegmentRaftLog::open(Arc::clone(&log)).map_err(|e| failed(&e))?;
-        let sm = CommitMachine::open(&store);
+        // A replica that falls behind the leader's purged entries copies what the snapshot
+        // names over the same peer connections.
+        let sm = CommitMachine::open(&store).with_catch_up(Arc::new(network.clone()));
         let config = super::partition_config(log.name(), heartbeat).map_err(|e| failed(&e))?;
         let raft = Raft::new(node_id, Arc::new(config), network, store, sm)
             .await

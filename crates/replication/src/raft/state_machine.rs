@@ -15,6 +15,9 @@ use openraft::{
     SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
 
+use sluice_protocol::batch::iter_batches;
+
+use super::CatchUpSource;
 use super::log_store::{SegmentRaftLog, Shared, Slot};
 use super::{Appended, PartitionRaft};
 
@@ -43,7 +46,11 @@ pub struct CommitMachine {
     shared: Arc<Shared>,
     applied: Option<LogId<u64>>,
     membership: StoredMembership<u64, EmptyNode>,
+    catch_up: Option<Arc<dyn CatchUpSource>>,
 }
+
+/// Bytes asked of the leader per read while catching up.
+const CATCH_UP_READ: usize = 4 * 1024 * 1024;
 
 /// Builds a snapshot from the applied state as it was when it was asked for.
 pub struct CommitSnapshotBuilder {
@@ -58,6 +65,12 @@ fn encode_position(end_offset: i64, term: u64) -> Vec<u8> {
     v.extend_from_slice(&end_offset.to_be_bytes());
     v.extend_from_slice(&term.to_be_bytes());
     v
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn decode_position(bytes: &[u8]) -> Option<(i64, u64)> {
@@ -82,7 +95,55 @@ impl CommitMachine {
             shared,
             applied,
             membership,
+            catch_up: None,
         }
+    }
+
+    /// Lets this replica take a snapshot whose records it lacks by copying them from the
+    /// leader through `source`.
+    pub fn with_catch_up(mut self, source: Arc<dyn CatchUpSource>) -> Self {
+        self.catch_up = Some(source);
+        self
+    }
+
+    /// Copies the committed batches up to `end` from the leader, after cutting what this
+    /// replica holds beyond its own high watermark (never committed, or not by this leader).
+    async fn copy_from_leader(&self, end: i64, snapshot_index: u64) -> Result<(), String> {
+        let Some(source) = &self.catch_up else {
+            return Err("catching up by segment copy is not configured here".into());
+        };
+        let (leader, has_more) = {
+            let t = self.shared.table();
+            (t.leader(), t.has_entries_after(snapshot_index))
+        };
+        let leader = leader.ok_or("no leader known to copy from")?;
+        if has_more {
+            return Err("entries after the snapshot are still in the log".into());
+        }
+        let log = &self.shared.log;
+        let hw = log.high_watermark();
+        if log.log_end_offset() > hw {
+            log.truncate_to(hw).map_err(|e| e.to_string())?;
+        }
+        let mut from = log.log_end_offset();
+        tracing::info!(log = %log.name(), from, end, leader, "copying records a snapshot names from the leader");
+        while from < end {
+            let batches = source.read(leader, from, CATCH_UP_READ).await?;
+            if batches.is_empty() {
+                return Err(format!("the leader has no records at offset {from}"));
+            }
+            for batch in iter_batches(&batches) {
+                let (h, bytes) = batch.map_err(|e| e.to_string())?;
+                if h.base_offset >= end {
+                    break;
+                }
+                log.append_replica(batches.slice_ref(bytes), now_ms())
+                    .map_err(|e| format!("copying the batch at {}: {e}", h.base_offset))?;
+                from = h.last_offset() + 1;
+            }
+        }
+        log.request_flush();
+        log.wait_durable(end).await.map_err(|e| e.to_string())
     }
 }
 
@@ -198,9 +259,9 @@ impl RaftStateMachine<PartitionRaft> for CommitMachine {
         let bytes = snapshot.into_inner();
         let (end, term) = decode_position(&bytes)
             .ok_or_else(|| snapshot_error(ErrorVerb::Read, "malformed partition snapshot"))?;
-        // The snapshot names records; it does not carry them. A replica can take it only if its
-        // own log already holds those records from the same leader. Copying segments to a replica
-        // that fell behind the leader's purged entries is not built yet.
+        // The snapshot names records; it does not carry them. A replica whose own log holds
+        // them (from the same leader) takes it as it is; one that fell behind the leader's
+        // purged entries copies them from the leader first (`with_catch_up`).
         let log = &self.shared.log;
         let holds = end == 0
             || (log.log_end_offset() >= end
@@ -209,19 +270,31 @@ impl RaftStateMachine<PartitionRaft> for CommitMachine {
                     .is_some_and(|(epoch, epoch_end)| {
                         i64::from(epoch) == term as i64 && epoch_end >= end
                     }));
-        if !holds {
-            return Err(snapshot_error(
-                ErrorVerb::Write,
-                format!(
-                    "{}: snapshot {} needs records up to offset {end} (term {term}) that this \
-                     replica lacks (log end {}); catching up by segment copy is not built",
-                    log.name(),
-                    meta.snapshot_id,
-                    log.log_end_offset()
-                ),
-            ));
-        }
         let dir = self.shared.dir.clone();
+        if !holds {
+            let snapshot_index = meta.last_log_id.map_or(0, |id| id.index);
+            if let Err(why) = self.copy_from_leader(end, snapshot_index).await {
+                return Err(snapshot_error(
+                    ErrorVerb::Write,
+                    format!(
+                        "{}: snapshot {} needs records up to offset {end} (term {term}) that \
+                         this replica lacks (log end {}): {why}",
+                        log.name(),
+                        meta.snapshot_id,
+                        log.log_end_offset()
+                    ),
+                ));
+            }
+            self.shared
+                .table()
+                .reset_to_snapshot(&dir, meta.clone(), end, term)
+                .map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
+            log.set_retention_floor(end);
+            self.applied = meta.last_log_id;
+            self.membership = meta.last_membership.clone();
+            log.set_high_watermark(end);
+            return Ok(());
+        }
         self.shared
             .table()
             .set_snapshot(&dir, meta.clone(), end, term)

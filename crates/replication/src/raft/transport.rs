@@ -30,11 +30,12 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::PartitionRaft;
 use super::wire::{
     Frame, MAX_FRAME, Request, Response, decode_request, decode_response, encode_request,
     encode_response,
 };
+use super::{CatchUpSource, PartitionRaft};
+use sluice_storage::PartitionLog;
 
 /// Requests one connection may have in progress on the receiving side.
 pub const MAX_IN_FLIGHT: usize = 1024;
@@ -100,6 +101,7 @@ async fn write_frames(w: OwnedWriteHalf, mut rx: mpsc::Receiver<Frame>) -> io::R
 #[derive(Clone, Default)]
 pub struct RaftServer {
     groups: Arc<RwLock<HashMap<String, Raft<PartitionRaft>>>>,
+    logs: Arc<RwLock<HashMap<String, Arc<PartitionLog>>>>,
 }
 
 impl RaftServer {
@@ -111,12 +113,32 @@ impl RaftServer {
             .insert(group.to_string(), raft);
     }
 
+    /// Serves `group`'s committed batches to replicas catching up after a snapshot.
+    pub fn register_log(&self, group: &str, log: Arc<PartitionLog>) {
+        self.logs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(group.to_string(), log);
+    }
+
     /// Stops routing requests for `group` (they are refused).
     pub fn deregister(&self, group: &str) {
         self.groups
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(group);
+        self.logs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(group);
+    }
+
+    fn log(&self, group: &str) -> Option<Arc<PartitionLog>> {
+        self.logs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(group)
+            .cloned()
     }
 
     fn get(&self, group: &str) -> Option<Raft<PartitionRaft>> {
@@ -184,9 +206,7 @@ impl RaftServer {
             requests.spawn(async move {
                 let resp = server.handle(&group, req).await;
                 // A closed queue means the connection is gone; the sender will retry.
-                let _ = tx
-                    .send(Frame::from(encode_response(correlation, &resp)))
-                    .await;
+                let _ = tx.send(encode_response(correlation, &resp)).await;
                 drop(permit);
             });
         };
@@ -196,6 +216,17 @@ impl RaftServer {
     }
 
     async fn handle(&self, group: &str, req: Request) -> Response {
+        if let Request::ReadLog { from, max_bytes } = req {
+            let Some(log) = self.log(group) else {
+                return Response::Refused(format!("no log of {group} here"));
+            };
+            // Only committed records: below the high watermark.
+            let hw = log.high_watermark();
+            return match log.read(from, max_bytes as usize, hw, true) {
+                Ok(r) => Response::Log(r.records),
+                Err(e) => Response::Refused(e.to_string()),
+            };
+        }
         let Some(raft) = self.get(group) else {
             return Response::Refused(format!("no raft group {group} here"));
         };
@@ -212,6 +243,7 @@ impl RaftServer {
                 Ok(s) => Response::InstallSnapshot(s),
                 Err(e) => Response::Refused(e.to_string()),
             },
+            Request::ReadLog { .. } => Response::Refused("handled above".into()),
         }
     }
 }
@@ -355,6 +387,36 @@ impl GroupNetwork {
             peers,
             group: group.to_string(),
         }
+    }
+}
+
+impl CatchUpSource for GroupNetwork {
+    fn read(
+        &self,
+        leader: u64,
+        from: i64,
+        max_bytes: usize,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, String>> + Send + '_>>
+    {
+        Box::pin(async move {
+            let peer = self
+                .peers
+                .get(leader)
+                .ok_or_else(|| format!("no address for node {leader}"))?;
+            let req = Request::ReadLog {
+                from,
+                max_bytes: u32::try_from(max_bytes).unwrap_or(u32::MAX),
+            };
+            match peer
+                .call(&self.group, &req, Duration::from_secs(30))
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Response::Log(b) => Ok(b),
+                Response::Refused(why) => Err(why),
+                other => Err(format!("unexpected answer {other:?}")),
+            }
+        })
     }
 }
 

@@ -32,6 +32,15 @@ pub enum Request {
     Vote(VoteRequest<u64>),
     /// A snapshot chunk.
     InstallSnapshot(InstallSnapshotRequest<PartitionRaft>),
+    /// Committed batches from `from` on, at most `max_bytes` (at least one batch): how a
+    /// replica that fell behind the leader's purged entries copies the records a snapshot
+    /// names.
+    ReadLog {
+        /// First offset wanted.
+        from: i64,
+        /// Byte budget of the answer.
+        max_bytes: u32,
+    },
 }
 
 /// The answer to a [`Request`].
@@ -43,6 +52,8 @@ pub enum Response {
     Vote(VoteResponse<u64>),
     /// To [`Request::InstallSnapshot`].
     InstallSnapshot(InstallSnapshotResponse<u64>),
+    /// To [`Request::ReadLog`]: whole stored batches (empty at the high watermark).
+    Log(Bytes),
     /// The receiver could not handle it (unknown group, member shutting down, snapshot
     /// refused); the sender treats it as a failed call and retries later.
     Refused(String),
@@ -142,6 +153,11 @@ pub fn encode_request(correlation: u64, group: &str, req: &Request) -> Frame {
             put_bytes(&mut w, &r.data);
             w.push(u8::from(r.done));
         }
+        Request::ReadLog { from, max_bytes } => {
+            w.push(3);
+            w.extend_from_slice(&from.to_be_bytes());
+            w.extend_from_slice(&max_bytes.to_be_bytes());
+        }
     }
     frame.push(Bytes::from(w));
     frame
@@ -196,6 +212,10 @@ pub fn decode_request(frame: &Bytes) -> Result<(u64, String, Request), String> {
             data: r.bytes()?.to_vec(),
             done: r.flag()?,
         }),
+        3 => Request::ReadLog {
+            from: r.i64()?,
+            max_bytes: r.u32()?,
+        },
         k => return Err(format!("unknown request kind {k}")),
     };
     if !r.buf.is_empty() {
@@ -205,7 +225,8 @@ pub fn decode_request(frame: &Bytes) -> Result<(u64, String, Request), String> {
 }
 
 /// A response frame body: correlation id, response.
-pub fn encode_response(correlation: u64, resp: &Response) -> Vec<u8> {
+pub fn encode_response(correlation: u64, resp: &Response) -> Frame {
+    let mut frame = Frame::default();
     let mut w = Vec::with_capacity(48);
     put_u64(&mut w, correlation);
     match resp {
@@ -238,12 +259,19 @@ pub fn encode_response(correlation: u64, resp: &Response) -> Vec<u8> {
             w.push(3);
             put_bytes(&mut w, why.as_bytes());
         }
+        Response::Log(batches) => {
+            w.push(4);
+            put_u32(&mut w, batches.len());
+            frame.push(Bytes::from(std::mem::take(&mut w)));
+            frame.push(batches.clone());
+        }
     }
-    w
+    frame.push(Bytes::from(w));
+    frame
 }
 
-/// Decodes a response frame body.
-pub fn decode_response(frame: &[u8]) -> Result<(u64, Response), String> {
+/// Decodes a response frame body; batches are slices of `frame`.
+pub fn decode_response(frame: &Bytes) -> Result<(u64, Response), String> {
     let mut r = Reader { buf: frame };
     let correlation = r.u64()?;
     let resp = match r.u8()? {
@@ -261,6 +289,12 @@ pub fn decode_response(frame: &[u8]) -> Result<(u64, Response), String> {
         }),
         2 => Response::InstallSnapshot(InstallSnapshotResponse { vote: r.vote()? }),
         3 => Response::Refused(String::from_utf8_lossy(r.bytes()?).into_owned()),
+        4 => {
+            let len = r.count()?;
+            let start = frame.len() - r.buf.len();
+            r.take(len)?;
+            Response::Log(frame.slice(start..start + len))
+        }
         k => return Err(format!("unknown response kind {k}")),
     };
     if !r.buf.is_empty() {
@@ -337,6 +371,17 @@ mod tests {
             Request::InstallSnapshot(s) => assert_eq!(s, snap),
             other => panic!("decoded {other:?}"),
         }
+        let read = Request::ReadLog {
+            from: 1 << 40,
+            max_bytes: 1 << 20,
+        };
+        let frame = encode_request(9, "g", &read).to_bytes();
+        match decode_request(&frame).expect("decode").2 {
+            Request::ReadLog { from, max_bytes } => {
+                assert_eq!((from, max_bytes), (1 << 40, 1 << 20))
+            }
+            other => panic!("decoded {other:?}"),
+        }
     }
 
     #[test]
@@ -355,8 +400,10 @@ mod tests {
                 vote: Vote::new_committed(5, 2),
             }),
             Response::Refused("no such group".to_string()),
+            Response::Log(Bytes::from_static(b"some batches")),
+            Response::Log(Bytes::new()),
         ] {
-            let frame = encode_response(11, &resp);
+            let frame = encode_response(11, &resp).to_bytes();
             assert_eq!(decode_response(&frame), Ok((11, resp)));
         }
     }
