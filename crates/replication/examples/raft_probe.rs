@@ -3,9 +3,10 @@
 //! by W concurrent writers (each waits for its batch to commit before the next). No Kafka
 //! protocol, no broker: what replication costs before the broker adds its own.
 //!
-//! `raft_probe [members] [records-per-batch] [writers] [batches] [record-bytes] [dir]`
-//! (defaults 3 1000 32 8000 100 and a temporary directory). Prints msgs/s, MB/s, commit latency
-//! percentiles and the process's CPU time.
+//! `raft_probe [members] [records-per-batch] [writers] [batches] [record-bytes] [dir] [flush]`
+//! (defaults 3 1000 32 8000 100, a temporary directory under `.`, and `fsync`; `lazy` sets
+//! `flush.messages` so high that appends count as durable once written, Kafka's default trade).
+//! Prints msgs/s, MB/s, commit latency percentiles and the process's CPU time.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -53,6 +54,11 @@ async fn main() {
     let record_bytes: usize = arg(5, 100);
     let tmp = tempfile::tempdir_in(std::env::args().nth(6).unwrap_or_else(|| ".".into()))
         .expect("temporary directory");
+    let lazy = std::env::args().nth(7).is_some_and(|a| a == "lazy");
+    let log_config = LogConfig {
+        flush_messages: if lazy { u64::MAX } else { 1 },
+        ..LogConfig::default()
+    };
 
     let mut listeners = Vec::new();
     let mut addrs = Vec::new();
@@ -77,7 +83,7 @@ async fn main() {
                 &tmp.path().join(format!("node-{id}/bench-0")),
                 "bench",
                 0,
-                LogConfig::default(),
+                log_config.clone(),
             )
             .expect("open log"),
         );
@@ -145,9 +151,10 @@ async fn main() {
     let pct = |p: usize| lat[(lat.len() * p / 100).min(lat.len() - 1)].as_secs_f64() * 1e3;
     let msgs = (lat.len() * per_batch) as f64;
     println!(
-        "members {members}, {per_batch} x {record_bytes} B per batch, {writers} writers, {} batches: \
+        "members {members}, {per_batch} x {record_bytes} B per batch, {writers} writers, {} batches{}: \
          {:.0} msgs/s, {:.1} MB/s, commit p50 {:.2} ms p99 {:.2} ms, CPU {:.2} s ({:.3} us/msg)",
         lat.len(),
+        if lazy { ", lazy flush" } else { "" },
         msgs / elapsed,
         msgs * record_bytes as f64 / elapsed / 1e6,
         pct(50),
