@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use sluice_replication::image::{ClusterImage, MetadataCommand, PartitionInfo, TopicInfo};
 use sluice_replication::metadata::{METADATA_GROUP, MetadataError, MetadataGroup};
-use sluice_replication::raft::transport::{GroupNetwork, Peers, RaftServer};
+use sluice_replication::raft::transport::{GroupNetwork, RaftServer};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 mod common;
-use common::{WAIT, log_errors};
+use common::{WAIT, bind_local, log_errors, peers};
 
 struct Node {
     group: MetadataGroup,
@@ -24,10 +24,7 @@ struct Node {
 }
 
 async fn start(root: &Path, id: u64, listener: TcpListener, addrs: &[SocketAddr]) -> Node {
-    let peers = Arc::new(Peers::default());
-    for (i, addr) in addrs.iter().enumerate() {
-        peers.set(i as u64 + 1, *addr);
-    }
+    let peers = peers(addrs);
     let group = MetadataGroup::start(
         &root.join(format!("node-{id}")),
         id,
@@ -136,15 +133,7 @@ async fn image_when(node: &Node, done: impl Fn(&ClusterImage) -> bool) -> Arc<Cl
 async fn every_node_applies_the_controllers_commands_in_order() {
     log_errors();
     let root = tempfile::tempdir().expect("tempdir");
-    let mut listeners = Vec::new();
-    let mut addrs = Vec::new();
-    for i in 1..=3 {
-        let l = TcpListener::bind(format!("127.0.0.{i}:0"))
-            .await
-            .expect("bind");
-        addrs.push(l.local_addr().expect("addr"));
-        listeners.push(l);
-    }
+    let (listeners, addrs) = bind_local(3).await;
     let mut nodes = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
         nodes.push(Some(start(root.path(), i as u64 + 1, l, &addrs).await));

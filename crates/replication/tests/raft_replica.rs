@@ -12,13 +12,13 @@ use std::time::Duration;
 use kafka_protocol::ResponseError;
 use sluice_replication::partition::Acks;
 use sluice_replication::raft::replica::{RaftReplica, ReplicaError};
-use sluice_replication::raft::transport::{GroupNetwork, Peers, RaftServer};
+use sluice_replication::raft::transport::{GroupNetwork, RaftServer};
 use sluice_storage::{LogConfig, PartitionLog};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 mod common;
-use common::{WAIT, batch, log_errors};
+use common::{WAIT, batch, bind_local, log_errors, peers};
 
 const LAG_MAX: Duration = Duration::from_millis(500);
 
@@ -28,10 +28,7 @@ struct Node {
 }
 
 async fn start(root: &Path, id: u64, listener: TcpListener, addrs: &[SocketAddr]) -> Node {
-    let peers = Arc::new(Peers::default());
-    for (i, a) in addrs.iter().enumerate() {
-        peers.set(i as u64 + 1, *a);
-    }
+    let peers = peers(addrs);
     let log = Arc::new(
         PartitionLog::open(
             &root.join(format!("node-{id}/orders-0")),
@@ -108,15 +105,7 @@ async fn isr_becomes(node: &Node, want: usize) {
 async fn replicas_answer_in_kafkas_terms() {
     log_errors();
     let root = tempfile::tempdir().expect("tempdir");
-    let mut listeners = Vec::new();
-    let mut addrs = Vec::new();
-    for i in 1..=3 {
-        let l = TcpListener::bind(format!("127.0.0.{i}:0"))
-            .await
-            .expect("bind");
-        addrs.push(l.local_addr().expect("addr"));
-        listeners.push(l);
-    }
+    let (listeners, addrs) = bind_local(3).await;
     let mut nodes = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
         nodes.push(Some(start(root.path(), i as u64 + 1, l, &addrs).await));

@@ -145,6 +145,20 @@ async fn stop(router: &Router, replica: Replica) {
     replica.log.close().expect("close");
 }
 
+/// Replicas 1-3 of one group, initialized.
+async fn three_replicas(router: &Arc<Router>, root: &Path) -> BTreeMap<u64, Replica> {
+    let mut replicas = BTreeMap::new();
+    for id in 1..=3 {
+        replicas.insert(id, start(router, root, id).await);
+    }
+    replicas[&1]
+        .raft
+        .initialize(BTreeSet::from([1, 2, 3]))
+        .await
+        .expect("initialize");
+    replicas
+}
+
 async fn wait_leader(replicas: &BTreeMap<u64, Replica>, not: Option<u64>) -> (u64, u64) {
     let any = replicas.values().next().expect("a replica");
     let m = any
@@ -172,15 +186,7 @@ async fn committed_batches_are_identical_on_every_replica_across_leader_changes(
     log_errors();
     let root = tempfile::tempdir().expect("tempdir");
     let router = Arc::new(Router::default());
-    let mut replicas = BTreeMap::new();
-    for id in 1..=3 {
-        replicas.insert(id, start(&router, root.path(), id).await);
-    }
-    replicas[&1]
-        .raft
-        .initialize(BTreeSet::from([1, 2, 3]))
-        .await
-        .expect("initialize");
+    let mut replicas = three_replicas(&router, root.path()).await;
     let (leader, term) = wait_leader(&replicas, None).await;
 
     // Offsets follow each other batch after batch, whatever the batch sizes.
@@ -239,21 +245,10 @@ async fn committed_batches_are_identical_on_every_replica_across_leader_changes(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deposed_leaders_uncommitted_batches_are_cut_and_replaced() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("error")
-        .with_test_writer()
-        .try_init();
+    log_errors();
     let root = tempfile::tempdir().expect("tempdir");
     let router = Arc::new(Router::default());
-    let mut replicas = BTreeMap::new();
-    for id in 1..=3 {
-        replicas.insert(id, start(&router, root.path(), id).await);
-    }
-    replicas[&1]
-        .raft
-        .initialize(BTreeSet::from([1, 2, 3]))
-        .await
-        .expect("initialize");
+    let replicas = three_replicas(&router, root.path()).await;
     let (leader, _) = wait_leader(&replicas, None).await;
     for tag in 0..5u64 {
         write(&replicas[&leader].raft, tag, 2).await;

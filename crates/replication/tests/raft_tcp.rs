@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::{Raft, ServerState};
-use sluice_replication::raft::transport::{GroupNetwork, Peers, RaftServer};
+use sluice_replication::raft::transport::{GroupNetwork, RaftServer};
 use sluice_replication::raft::{
     CommitMachine, PartitionRaft, SegmentRaftLog, partition_config_with,
 };
@@ -20,7 +20,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 mod common;
-use common::{WAIT, last_index, log_errors, open_member, stored, wait_applied, write};
+use common::{
+    WAIT, bind_local, last_index, log_errors, open_member, peers, stored, wait_applied, write,
+};
 
 const GROUPS: [&str; 2] = ["orders-0", "orders-1"];
 
@@ -44,10 +46,7 @@ async fn start_with(
     groups: &[&str],
     snapshots: Option<(u64, u64)>,
 ) -> Node {
-    let peers = Arc::new(Peers::default());
-    for (i, addr) in addrs.iter().enumerate() {
-        peers.set(i as u64 + 1, *addr);
-    }
+    let peers = peers(addrs);
     let server = RaftServer::default();
     let mut members = Vec::new();
     for group in groups {
@@ -168,15 +167,7 @@ async fn converged(nodes: &[Option<Node>], group: usize, leader: &Raft<Partition
 async fn groups_share_peer_connections_and_survive_a_node_restart() {
     log_errors();
     let root = tempfile::tempdir().expect("tempdir");
-    let mut listeners = Vec::new();
-    let mut addrs = Vec::new();
-    for i in 1..=3 {
-        let l = TcpListener::bind(format!("127.0.0.{i}:0"))
-            .await
-            .expect("bind");
-        addrs.push(l.local_addr().expect("addr"));
-        listeners.push(l);
-    }
+    let (listeners, addrs) = bind_local(3).await;
     let mut nodes: Vec<Option<Node>> = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
         nodes.push(Some(start(root.path(), i as u64 + 1, l, &addrs).await));
@@ -247,15 +238,7 @@ async fn a_replica_behind_the_purged_entries_copies_them_from_the_leader() {
     let root = tempfile::tempdir().expect("tempdir");
     let groups = ["orders-0"];
     let snapshots = Some((10, 5));
-    let mut listeners = Vec::new();
-    let mut addrs = Vec::new();
-    for i in 1..=3 {
-        let l = TcpListener::bind(format!("127.0.0.{i}:0"))
-            .await
-            .expect("bind");
-        addrs.push(l.local_addr().expect("addr"));
-        listeners.push(l);
-    }
+    let (listeners, addrs) = bind_local(3).await;
     let mut nodes: Vec<Option<Node>> = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
         nodes.push(Some(
@@ -291,56 +274,36 @@ async fn a_replica_behind_the_purged_entries_copies_them_from_the_leader() {
         .expect("purged")
         .purged;
 
-    // Back from its files, it is sent a snapshot, copies the records it names, and follows on.
-    let listener = TcpListener::bind(addrs[follower - 1])
-        .await
-        .expect("rebind");
-    nodes[follower - 1] = Some(
-        start_with(
+    // Back from its files, it is sent a snapshot, copies the records it names, and follows on;
+    // after another restart it rebuilds the same log from what it copied.
+    for (round, tags) in [70..75u64, 75..80].into_iter().enumerate() {
+        if round > 0 {
+            kill(nodes[follower - 1].take().expect("follower")).await;
+        }
+        let listener = TcpListener::bind(addrs[follower - 1])
+            .await
+            .expect("rebind");
+        let node = start_with(
             root.path(),
             follower as u64,
             listener,
             &addrs,
             &groups,
             snapshots,
-        )
-        .await,
-    );
-    let leader = leader_of(&nodes, 0).await;
-    for tag in 70..75u64 {
-        end = write(&leader, tag, 3).await.last_offset + 1;
+        );
+        nodes[follower - 1] = Some(node.await);
+        let leader = leader_of(&nodes, 0).await;
+        for tag in tags {
+            end = write(&leader, tag, 3).await.last_offset + 1;
+        }
+        converged(&nodes, 0, &leader).await;
+        let back = nodes[follower - 1].as_ref().expect("follower");
+        assert_eq!(back.members[0].0.high_watermark(), end);
+        assert!(
+            back.members[0].1.metrics().borrow().snapshot.is_some(),
+            "the follower took a snapshot (the leader had purged up to {purged:?})"
+        );
     }
-    converged(&nodes, 0, &leader).await;
-    let back = nodes[follower - 1].as_ref().expect("follower");
-    assert_eq!(back.members[0].0.high_watermark(), end);
-    assert!(
-        back.members[0].1.metrics().borrow().snapshot.is_some(),
-        "the follower took a snapshot (the leader had purged up to {purged:?})"
-    );
-
-    // What it copied is its own from now on: after another restart it rebuilds the same log.
-    kill(nodes[follower - 1].take().expect("follower")).await;
-    let listener = TcpListener::bind(addrs[follower - 1])
-        .await
-        .expect("rebind");
-    nodes[follower - 1] = Some(
-        start_with(
-            root.path(),
-            follower as u64,
-            listener,
-            &addrs,
-            &groups,
-            snapshots,
-        )
-        .await,
-    );
-    let leader = leader_of(&nodes, 0).await;
-    for tag in 75..80u64 {
-        end = write(&leader, tag, 3).await.last_offset + 1;
-    }
-    converged(&nodes, 0, &leader).await;
-    let back = nodes[follower - 1].as_ref().expect("follower");
-    assert_eq!(back.members[0].0.high_watermark(), end);
     for n in nodes.into_iter().flatten() {
         kill(n).await;
     }

@@ -91,6 +91,19 @@ pub struct RecoveryStats {
     pub segments_removed: usize,
 }
 
+/// A batch another replica stored (or a Raft entry): CRC-checked, with sane counts.
+fn verify_replicated(batch: &[u8]) -> Result<BatchHeader, AppendError> {
+    let header = verify_stored_batch(batch)?;
+    if header.last_offset_delta < 0 || header.record_count < 0 {
+        return Err(BatchError::Invalid(format!(
+            "lastOffsetDelta {} is negative",
+            header.last_offset_delta
+        ))
+        .into());
+    }
+    Ok(header)
+}
+
 /// How an append treats the batch it is given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -337,14 +350,7 @@ impl PartitionLog {
     /// and timestamps are kept, the CRC is checked, producer state is recorded (the leader
     /// already checked it).
     pub fn append_replica(&self, batch: Bytes, now_ms: i64) -> Result<AppendOutcome, AppendError> {
-        let header = verify_stored_batch(&batch)?;
-        if header.last_offset_delta < 0 || header.record_count < 0 {
-            return Err(BatchError::Invalid(format!(
-                "lastOffsetDelta {} is negative",
-                header.last_offset_delta
-            ))
-            .into());
-        }
+        let header = verify_replicated(&batch)?;
         self.inner.append_inner(
             batch,
             header,
@@ -365,14 +371,7 @@ impl PartitionLog {
         leader_epoch: i32,
         now_ms: i64,
     ) -> Result<AppendOutcome, AppendError> {
-        let header = verify_stored_batch(&batch)?;
-        if header.last_offset_delta < 0 || header.record_count < 0 {
-            return Err(BatchError::Invalid(format!(
-                "lastOffsetDelta {} is negative",
-                header.last_offset_delta
-            ))
-            .into());
-        }
+        let header = verify_replicated(&batch)?;
         self.inner
             .append_inner(batch, header, leader_epoch, now_ms, Mode::Entry)
     }

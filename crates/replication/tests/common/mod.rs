@@ -15,6 +15,29 @@ use sluice_replication::raft::{
 };
 use sluice_storage::{LogConfig, PartitionLog};
 
+/// Binds one Raft port on each of 127.0.0.1..=n (ephemeral ports).
+pub async fn bind_local(n: u8) -> (Vec<tokio::net::TcpListener>, Vec<std::net::SocketAddr>) {
+    let mut listeners = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 1..=n {
+        let l = tokio::net::TcpListener::bind(format!("127.0.0.{i}:0"))
+            .await
+            .expect("bind");
+        addrs.push(l.local_addr().expect("addr"));
+        listeners.push(l);
+    }
+    (listeners, addrs)
+}
+
+/// Node i+1 at `addrs[i]`.
+pub fn peers(addrs: &[std::net::SocketAddr]) -> Arc<sluice_replication::raft::transport::Peers> {
+    let peers = Arc::new(sluice_replication::raft::transport::Peers::default());
+    for (i, a) in addrs.iter().enumerate() {
+        peers.set(i as u64 + 1, *a);
+    }
+    peers
+}
+
 /// How long a test waits for a condition (an election, replication) before it fails.
 pub const WAIT: Duration = Duration::from_secs(30);
 
