@@ -619,7 +619,7 @@ class Runner:
         tag = f"{sc.name}.{kind}"
         res = {"scenario": sc.name, "broker": kind}
         if sc.kind == "rf3":
-            res["skip"] = "not available: replication not built yet"
+            res["skip"] = "not available: the broker does not use replication yet (replication layer alone: crates/replication/examples/raft_probe, docs/benchmarks.md)"
             return res
         broker = Broker(kind, self.bins, tag, self.args.sluice_override if kind == "sluice" else ())
         try:

@@ -1,7 +1,7 @@
 //! A partition's replicas in Kafka's terms, three nodes on 127.0.0.1-3 over TCP: the leader
 //! appends and answers with offsets, a follower answers NOT_LEADER_OR_FOLLOWER naming the
-//! leader, a bad batch is refused before it is proposed, and a follower that stops replicating
-//! leaves the ISR after `replica.lag.time.max.ms`, after which acks=all below
+//! leader, a bad batch is refused before it is proposed, and a follower that stops (on an idle
+//! partition) leaves the ISR after `replica.lag.time.max.ms`, after which acks=all below
 //! `min.insync.replicas` gets NOT_ENOUGH_REPLICAS while acks=1 still commits on the majority.
 
 use std::net::SocketAddr;
@@ -146,16 +146,17 @@ async fn replicas_answer_in_kafkas_terms() {
     assert_eq!(err.error_code(), ResponseError::CorruptMessage.code());
     assert_eq!(lead.log().log_end_offset(), 4);
 
-    // Everyone in sync; then a follower stops and drops out after the lag bound.
+    // Everyone in sync; then a follower stops and, with nothing written meanwhile, drops out
+    // after the lag bound because it stopped answering heartbeats.
     isr_becomes(nodes[l].as_ref().expect("leader"), 3).await;
     stop(nodes[f].take().expect("follower")).await;
     let lead_node = nodes[l].as_ref().expect("leader");
+    isr_becomes(lead_node, 2).await;
     lead_node
         .replica
         .append(batch(4, 1), Acks::Leader)
         .await
         .expect("a majority still commits");
-    isr_becomes(lead_node, 2).await;
     let err = lead_node
         .replica
         .append(batch(5, 1), Acks::All)

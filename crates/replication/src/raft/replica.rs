@@ -3,9 +3,10 @@
 //! which replicas are in sync, and an append that answers with Kafka's errors.
 //!
 //! In-sync follows Kafka's rule (`replica.lag.time.max.ms`): a follower is in sync while it has
-//! replicated at least what the leader had that long ago. The leader samples its own log end
-//! as its metrics change and compares each follower's matched index with the sample from one lag
-//! window back.
+//! replicated at least what the leader had that long ago and has answered within that time. The
+//! leader samples its own log end as its metrics change and compares each follower's matched
+//! index with the sample from one lag window back; the transport records each follower's last
+//! answer (heartbeats included).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -19,7 +20,7 @@ use openraft::{Raft, ServerState};
 use sluice_storage::{AppendError, PartitionLog};
 use tokio::task::JoinHandle;
 
-use super::transport::GroupNetwork;
+use super::transport::{AckTimes, GroupNetwork};
 use super::{Appended, CommitMachine, PartitionRaft, RecordBatch, SegmentRaftLog};
 use crate::partition::Acks;
 
@@ -73,6 +74,7 @@ pub struct RaftReplica {
     lag_max: Duration,
     samples: Arc<Mutex<Samples>>,
     sampler: JoinHandle<()>,
+    acks: Arc<AckTimes>,
 }
 
 fn lock(m: &Mutex<Samples>) -> MutexGuard<'_, Samples> {
@@ -97,6 +99,7 @@ impl RaftReplica {
         // A replica that falls behind the leader's purged entries copies what the snapshot
         // names over the same peer connections.
         let sm = CommitMachine::open(&store).with_catch_up(Arc::new(network.clone()));
+        let acks = network.ack_times();
         let config = super::partition_config(log.name(), heartbeat).map_err(|e| failed(&e))?;
         let raft = Raft::new(node_id, Arc::new(config), network, store, sm)
             .await
@@ -119,6 +122,7 @@ impl RaftReplica {
             lag_max,
             samples,
             sampler,
+            acks,
         })
     }
 
@@ -182,16 +186,19 @@ impl RaftReplica {
             return self.replicas.clone();
         };
         let matched = m.replication.unwrap_or_default();
+        // Caught up to what the leader had a lag window ago, and heard from within that window
+        // (heartbeats count), so a dead follower drops out even when nobody writes.
         self.replicas
             .iter()
             .copied()
             .filter(|id| {
                 *id == self.node_id
-                    || matched
+                    || (matched
                         .get(id)
                         .copied()
                         .flatten()
                         .is_some_and(|l| l.index >= threshold)
+                        && self.acks.answered_within(*id, self.lag_max))
             })
             .collect()
     }

@@ -15,7 +15,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
@@ -378,6 +378,27 @@ impl Peers {
 pub struct GroupNetwork {
     peers: Arc<Peers>,
     group: String,
+    acks: Arc<AckTimes>,
+}
+
+/// When each peer last answered this group's AppendEntries (heartbeats included): how a leader
+/// tells a live follower from a dead one on a partition nobody writes to.
+#[derive(Debug, Default)]
+pub struct AckTimes {
+    last: Mutex<HashMap<u64, Instant>>,
+}
+
+impl AckTimes {
+    fn record(&self, node: u64) {
+        lock(&self.last).insert(node, Instant::now());
+    }
+
+    /// True if `node` answered within `within`.
+    pub fn answered_within(&self, node: u64, within: Duration) -> bool {
+        lock(&self.last)
+            .get(&node)
+            .is_some_and(|t| t.elapsed() <= within)
+    }
 }
 
 impl GroupNetwork {
@@ -386,7 +407,13 @@ impl GroupNetwork {
         GroupNetwork {
             peers,
             group: group.to_string(),
+            acks: Arc::default(),
         }
+    }
+
+    /// When each peer last answered this group's AppendEntries.
+    pub fn ack_times(&self) -> Arc<AckTimes> {
+        Arc::clone(&self.acks)
     }
 }
 
@@ -425,6 +452,7 @@ pub struct GroupPeer {
     peers: Arc<Peers>,
     group: String,
     target: u64,
+    acks: Arc<AckTimes>,
 }
 
 impl RaftNetworkFactory<PartitionRaft> for GroupNetwork {
@@ -435,6 +463,7 @@ impl RaftNetworkFactory<PartitionRaft> for GroupNetwork {
             peers: Arc::clone(&self.peers),
             group: self.group.clone(),
             target,
+            acks: Arc::clone(&self.acks),
         }
     }
 }
@@ -475,7 +504,10 @@ impl RaftNetwork<PartitionRaft> for GroupPeer {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, EmptyNode, RaftError<u64>>> {
         match self.call(Request::AppendEntries(rpc), &option).await {
-            Ok(Response::AppendEntries(a)) => Ok(a),
+            Ok(Response::AppendEntries(a)) => {
+                self.acks.record(self.target);
+                Ok(a)
+            }
             Ok(Response::Refused(why)) => Err(RPCError::Unreachable(refused(why))),
             Ok(other) => Err(RPCError::Network(unexpected(&other))),
             Err(e) => Err(RPCError::Unreachable(unreachable(&e))),
