@@ -285,13 +285,14 @@ fn split_batches(records: &Bytes) -> Result<Vec<(BatchHeader, Bytes)>, String> {
     Ok(out)
 }
 
-/// Reads the batches with offsets in `[from, until)`, in order.
-fn read_batches(
+/// Calls `each` for the batches with offsets in `[from, until)`, in order, reading a chunk at a
+/// time (a batch is a slice of its chunk).
+fn walk_batches(
     log: &PartitionLog,
     from: i64,
     until: i64,
-) -> Result<Vec<(BatchHeader, Bytes)>, String> {
-    let mut out = Vec::new();
+    mut each: impl FnMut(BatchHeader, Bytes),
+) -> Result<(), String> {
     let mut cursor = from;
     while cursor < until {
         let r = log
@@ -303,13 +304,36 @@ fn read_batches(
         }
         for (h, b) in batches {
             if h.base_offset >= until {
-                return Ok(out);
+                return Ok(());
             }
             cursor = h.last_offset() + 1;
-            out.push((h, b));
+            each(h, b);
         }
     }
+    Ok(())
+}
+
+/// The batches with offsets in `[from, until)`, in order.
+fn read_batches(
+    log: &PartitionLog,
+    from: i64,
+    until: i64,
+) -> Result<Vec<(BatchHeader, Bytes)>, String> {
+    let mut out = Vec::new();
+    walk_batches(log, from, until, |h, b| out.push((h, b)))?;
     Ok(out)
+}
+
+/// Only the headers of those batches: what opening needs, without holding the records (the
+/// unpurged window can hold gigabytes).
+fn scan_headers(
+    log: &PartitionLog,
+    from: i64,
+    until: i64,
+) -> Result<std::vec::IntoIter<BatchHeader>, String> {
+    let mut out = Vec::new();
+    walk_batches(log, from, until, |h, _| out.push(h))?;
+    Ok(out.into_iter())
 }
 
 impl SegmentRaftLog {
@@ -335,9 +359,8 @@ impl SegmentRaftLog {
                 log.log_start_offset()
             )));
         }
-        let batches =
-            read_batches(&log, state.anchor_offset, log.log_end_offset()).map_err(read_error)?;
-        let mut batches = batches.into_iter();
+        let mut batches =
+            scan_headers(&log, state.anchor_offset, log.log_end_offset()).map_err(read_error)?;
         let mut metas: VecDeque<MetaEntry> = state.meta_entries.iter().cloned().collect();
         let mut slots = VecDeque::new();
         let mut next_offset = state.anchor_offset;
@@ -353,7 +376,7 @@ impl SegmentRaftLog {
                     payload: Box::new(m.payload.clone()),
                 });
                 metas.pop_front();
-            } else if let Some((h, _)) = batches.next() {
+            } else if let Some(h) = batches.next() {
                 slots.push_back(Slot::Data {
                     term: u64::try_from(h.partition_leader_epoch).unwrap_or(0),
                     base: h.base_offset,
