@@ -1,9 +1,12 @@
-//! Topics, partitions and their logs on this node: the controller's decisions for a one-node
-//! cluster.
+//! Topics, partitions and their logs on this node, and the controller's decisions about them.
 //!
-//! Every change follows one path: validate, persist (sled, flushed), then apply to the
-//! in-memory [`ClusterImage`] and open or remove logs. With a metadata Raft group the persist
-//! step becomes "propose and wait for commit"; the rest stays.
+//! Every change follows one path: validate, commit, then make this node match. A single node
+//! commits to its metadata store (sled, flushed) and applies the command to its in-memory
+//! [`ClusterImage`], opening or removing logs. A node of a multi-node cluster ([`Quorum`])
+//! commits by proposing the command to the metadata Raft group (forwarded to the controller
+//! when this node is not it); every node then *reconciles*: it follows the group's image and
+//! starts a Raft member for each partition it is a replica of, stops and deletes those whose
+//! topic is gone, and applies config changes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -13,16 +16,19 @@ use kafka_protocol::ResponseError;
 use sluice_replication::image::{
     BrokerInfo, ClusterImage, MetadataCommand, PartitionInfo, TopicInfo,
 };
+use sluice_replication::metadata::MetadataError;
 use sluice_replication::partition::Partition;
 use sluice_storage::config::{
     BrokerLogConfig, ConfigSource, ConfigType, TOPIC_CONFIGS, topic_config,
 };
 use sluice_storage::metadata::TopicRecord;
 use sluice_storage::{LogManager, MetadataStore};
+use std::time::Duration;
 use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::config::BrokerConfig;
+use crate::quorum::Quorum;
 
 /// Name of the internal offsets topic.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -109,9 +115,12 @@ pub struct ConfigView {
 /// Kafka ConfigSource codes not in the storage crate's enum.
 const DYNAMIC_DEFAULT_BROKER_CONFIG: i8 = 3;
 
+/// A topic's partitions hosted here, by index (`None`: this node is not a replica).
+type Hosted = Vec<Option<Arc<Partition>>>;
+
 struct State {
     image: Arc<ClusterImage>,
-    partitions: HashMap<String, Vec<Arc<Partition>>>,
+    partitions: HashMap<String, Hosted>,
 }
 
 struct ProducerIdBlock {
@@ -130,16 +139,276 @@ pub struct Cluster {
     /// Serializes metadata changes, as a controller's single thread would.
     admin: tokio::sync::Mutex<()>,
     producer_ids: Mutex<ProducerIdBlock>,
+    /// The Raft side of a multi-node cluster; `None` for a single node.
+    quorum: Option<Quorum>,
+    /// Serializes reconciliation with the metadata image.
+    reconciling: tokio::sync::Mutex<()>,
+    /// The task following the metadata image (multi-node).
+    follower: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Cluster {
     /// Opens the metadata store and every log, reconciling the two.
     pub async fn open(config: &BrokerConfig) -> anyhow::Result<Arc<Cluster>> {
         let config = config.clone();
+        if config.is_clustered() {
+            return Cluster::open_clustered(config).await;
+        }
         tokio::task::spawn_blocking(move || Cluster::open_blocking(config))
             .await
             .context("start-up task panicked")?
             .map(Arc::new)
+    }
+
+    /// A node of a multi-node cluster: opens the logs, joins the metadata group, hosts what
+    /// the image assigns here and follows the image from then on.
+    async fn open_clustered(config: BrokerConfig) -> anyhow::Result<Arc<Cluster>> {
+        let for_open = config.clone();
+        let (store, logs) = tokio::task::spawn_blocking(move || {
+            let config = for_open;
+            let meta_dir = config.data_dir.join("meta");
+            std::fs::create_dir_all(&meta_dir)
+                .with_context(|| format!("cannot create {}", meta_dir.display()))?;
+            let store = Arc::new(
+                MetadataStore::open(&meta_dir.join("sled"))
+                    .context("cannot open the metadata store")?,
+            );
+            // Topic configs are known once the image is; until then logs run on the broker
+            // defaults, and retention starts only after the first reconciliation.
+            let base = config
+                .log
+                .log_config(&BTreeMap::new())
+                .context("broker log defaults are invalid")?;
+            let logs = LogManager::open_with(&config.data_dir, config.log.clone(), &|_: &str| {
+                base.clone()
+            })
+            .context("cannot open the partition logs")?;
+            anyhow::Ok((store, Arc::new(logs)))
+        })
+        .await
+        .context("start-up task panicked")??;
+        let quorum = Quorum::start(&config).await?;
+        let cluster = Arc::new(Cluster {
+            log_defaults: RwLock::new(config.log.clone()),
+            state: RwLock::new(State {
+                image: Arc::new(ClusterImage::default()),
+                partitions: HashMap::new(),
+            }),
+            config,
+            store,
+            logs,
+            admin: tokio::sync::Mutex::new(()),
+            producer_ids: Mutex::new(ProducerIdBlock { next: 0, end: 0 }),
+            quorum: Some(quorum),
+            reconciling: tokio::sync::Mutex::new(()),
+            follower: Mutex::new(None),
+        });
+        cluster
+            .reconcile()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot host this node's partitions: {}", e.message))?;
+        // Logs of topics the image no longer has were deleted while this node was away.
+        let image = cluster.image();
+        let stale: std::collections::BTreeSet<String> = cluster
+            .logs
+            .partitions()
+            .into_iter()
+            .map(|(topic, _, _)| topic)
+            .filter(|t| !image.topics.contains_key(t))
+            .collect();
+        for topic in stale {
+            warn!(%topic, "removing logs of a topic deleted while this node was away");
+            cluster.logs.delete_topic(&topic)?;
+        }
+        cluster.logs.start_background();
+        let follower = tokio::spawn(follow_image(Arc::clone(&cluster)));
+        *lock(&cluster.follower) = Some(follower);
+        info!(
+            topics = image.topics.len(),
+            cluster_id = %image.cluster_id,
+            "cluster metadata and this node's replicas loaded"
+        );
+        Ok(cluster)
+    }
+
+    /// Makes this node match the metadata group's image: hosts a Raft member for every
+    /// partition it is a replica of, stops and deletes what was removed, applies configs.
+    async fn reconcile(&self) -> Result<(), AdminError> {
+        let Some(quorum) = &self.quorum else {
+            return Ok(());
+        };
+        let _one = self.reconciling.lock().await;
+        let meta = quorum.metadata.image();
+        let me = self.config.node_id;
+        let mut defaults = self.config.log.clone();
+        for (k, v) in &meta.broker_configs {
+            if let Err(e) = defaults.set(k, v) {
+                warn!("ignoring dynamic broker config {k}={v}: {e}");
+            }
+        }
+        *write(&self.log_defaults) = defaults.clone();
+        let old = self.image();
+        let gone: Vec<String> = read(&self.state)
+            .partitions
+            .keys()
+            .filter(|name| {
+                meta.topics.get(*name).map(|t| t.id) != old.topics.get(*name).map(|t| t.id)
+            })
+            .cloned()
+            .collect();
+        for name in gone {
+            let hosted = write(&self.state).partitions.remove(&name);
+            for p in hosted.into_iter().flatten().flatten() {
+                if let Some(replica) = p.replica() {
+                    quorum.stop_replica(&name, p.index(), replica).await;
+                }
+            }
+            let logs = self.logs.clone();
+            let topic = name.clone();
+            tokio::task::spawn_blocking(move || logs.delete_topic(&topic))
+                .await
+                .map_err(AdminError::storage)?
+                .map_err(AdminError::storage)?;
+            info!(topic = %name, "removed this node's replicas of a deleted topic");
+        }
+        for topic in meta.topics.values() {
+            let log_config = defaults
+                .log_config(&topic.configs)
+                .map_err(AdminError::storage)?;
+            let min_isr = min_insync(&defaults, &topic.configs);
+            for p in &topic.partitions {
+                if !p.replicas.contains(&me) {
+                    continue;
+                }
+                if let Some(existing) = self.partition(&topic.name, p.index) {
+                    existing.log().set_config(log_config.clone());
+                    existing.set_min_insync_replicas(min_isr);
+                    continue;
+                }
+                let log = match self.logs.get(&topic.name, p.index) {
+                    Some(log) => {
+                        log.set_config(log_config.clone());
+                        log
+                    }
+                    None => self
+                        .logs
+                        .create(&topic.name, p.index, log_config.clone())
+                        .map_err(AdminError::storage)?,
+                };
+                let replica = quorum
+                    .start_replica(&topic.name, p.index, &p.replicas, log)
+                    .await
+                    .map_err(|e| {
+                        AdminError::new(ResponseError::KafkaStorageError, format!("{e:#}"))
+                    })?;
+                let partition = Arc::new(Partition::replicated(&topic.name, p.index, replica));
+                partition.set_min_insync_replicas(min_isr);
+                let mut state = write(&self.state);
+                let hosted = state.partitions.entry(topic.name.clone()).or_default();
+                let slot = usize::try_from(p.index).unwrap_or(0);
+                if hosted.len() <= slot {
+                    hosted.resize(slot + 1, None);
+                }
+                hosted[slot] = Some(partition);
+            }
+        }
+        let mut image = (*meta).clone();
+        image.brokers = self.peer_brokers();
+        image.controller_id = quorum.controller_id();
+        write(&self.state).image = Arc::new(image);
+        Ok(())
+    }
+
+    /// The brokers of a multi-node cluster, from the peer list every node is given.
+    fn peer_brokers(&self) -> BTreeMap<i32, BrokerInfo> {
+        self.config
+            .peers
+            .iter()
+            .map(|p| {
+                (
+                    p.node_id,
+                    BrokerInfo {
+                        node_id: p.node_id,
+                        host: p.kafka_host.clone(),
+                        port: p.kafka_port,
+                        rack: p.rack.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// The controller's node id (-1 while the metadata group elects one).
+    pub fn controller_id(&self) -> i32 {
+        match &self.quorum {
+            Some(q) => q.controller_id(),
+            None => self.config.node_id,
+        }
+    }
+
+    /// The broker leading a partition, as [`Cluster::partition_view`] sees it.
+    pub fn partition_leader(&self, topic: &str, index: i32) -> Option<BrokerInfo> {
+        let image = self.image();
+        let info = image
+            .topics
+            .get(topic)?
+            .partitions
+            .get(usize::try_from(index).ok()?)?;
+        let leader = self.partition_view(topic, info).leader;
+        image.brokers.get(&leader).cloned()
+    }
+
+    /// True when this node is one of several, replicating with Raft.
+    pub fn is_clustered(&self) -> bool {
+        self.quorum.is_some()
+    }
+
+    /// A partition's leader, leader epoch and ISR as clients should see them: live from the
+    /// replica hosted here, else the image's placement (the preferred replica).
+    pub fn partition_view(&self, topic: &str, info: &PartitionInfo) -> PartitionInfo {
+        match self.partition(topic, info.index) {
+            Some(p) => PartitionInfo {
+                index: info.index,
+                leader: p.leader(self.config.node_id).unwrap_or(-1),
+                leader_epoch: p.leader_epoch(),
+                replicas: info.replicas.clone(),
+                isr: p.in_sync_replicas(self.config.node_id),
+            },
+            None => info.clone(),
+        }
+    }
+
+    /// Commits a metadata change: the store then the image here, or through the metadata
+    /// group (and this node reconciled with the result) in a multi-node cluster.
+    async fn commit<T: Send + 'static>(
+        &self,
+        persist: impl FnOnce(&MetadataStore) -> Result<T, sluice_storage::StorageError> + Send + 'static,
+        command: MetadataCommand,
+    ) -> Result<(), AdminError> {
+        match &self.quorum {
+            None => {
+                self.persist(persist).await?;
+                self.apply(command)
+            }
+            Some(q) => {
+                q.metadata.propose(&command).await.map_err(metadata_error)?;
+                self.reconcile().await
+            }
+        }
+    }
+
+    /// Replicas for `count` new partitions from `first`: brokers in rack-alternating order
+    /// (one rack's broker, the next rack's, ...), each partition starting one further along,
+    /// so replicas of a partition sit in different racks and preferred leaders spread evenly.
+    fn place(&self, first: i32, count: i32, rf: i16) -> Vec<PartitionInfo> {
+        if self.quorum.is_none() {
+            return (first..first + count)
+                .map(|i| single_replica(i, self.config.node_id))
+                .collect();
+        }
+        let order = rack_alternating(&self.config.peers);
+        let start = (uuid::Uuid::new_v4().as_u128() % order.len().max(1) as u128) as usize;
+        assign(&order, start, first, count, rf)
     }
 
     fn open_blocking(config: BrokerConfig) -> anyhow::Result<Cluster> {
@@ -262,7 +531,7 @@ impl Cluster {
                 };
                 let partition = Arc::new(Partition::new(&topic.name, p.index, log, p.leader_epoch));
                 partition.set_min_insync_replicas(min_insync(&log_defaults, &record.configs));
-                hosted.push(partition);
+                hosted.push(Some(partition));
             }
             partitions.insert(topic.name.clone(), hosted);
             image.topics.insert(topic.name.clone(), Arc::new(topic));
@@ -285,6 +554,9 @@ impl Cluster {
             log_defaults: RwLock::new(log_defaults),
             admin: tokio::sync::Mutex::new(()),
             producer_ids: Mutex::new(producer_ids),
+            quorum: None,
+            reconciling: tokio::sync::Mutex::new(()),
+            follower: Mutex::new(None),
         })
     }
 
@@ -301,6 +573,28 @@ impl Cluster {
             .ok()
             .and_then(|i| partitions.get(i))
             .cloned()
+            .flatten()
+    }
+
+    /// The partition if this node leads it; else the error a client gets: UNKNOWN_TOPIC_OR_PARTITION
+    /// for a topic or index that does not exist, NOT_LEADER_OR_FOLLOWER for one led elsewhere.
+    pub fn leader_partition(&self, topic: &str, index: i32) -> Result<Arc<Partition>, i16> {
+        match self.partition(topic, index) {
+            Some(p) if p.is_leader() => Ok(p),
+            Some(_) => Err(ResponseError::NotLeaderOrFollower.code()),
+            None => {
+                let exists = self
+                    .image()
+                    .topics
+                    .get(topic)
+                    .is_some_and(|t| index >= 0 && (index as usize) < t.partitions.len());
+                Err(if exists {
+                    ResponseError::NotLeaderOrFollower.code()
+                } else {
+                    ResponseError::UnknownTopicOrPartition.code()
+                })
+            }
+        }
     }
 
     /// Kafka's topic name rules.
@@ -368,13 +662,15 @@ impl Cluster {
         let spec = TopicSpec {
             name: name.to_string(),
             num_partitions: partitions,
-            replication_factor: 1,
+            replication_factor: self.config.offsets_topic_replication_factor,
             assignments: Vec::new(),
             configs,
         };
-        self.create_topic_locked(spec, false, true)
-            .await
-            .map(|_| ())
+        match self.create_topic_locked(spec, false, true).await {
+            // Another node created it first (nodes start together).
+            Err(e) if e.code == ResponseError::TopicAlreadyExists.code() => Ok(()),
+            other => other.map(|_| ()),
+        }
     }
 
     /// CreateTopics for one topic.
@@ -472,12 +768,38 @@ impl Cluster {
             replication_factor,
             configs: spec.configs.clone(),
         };
+        let partitions = if spec.assignments.is_empty() || self.quorum.is_none() {
+            self.place(0, num_partitions, replication_factor)
+        } else {
+            let mut a = spec.assignments.clone();
+            a.sort_by_key(|(p, _)| *p);
+            a.into_iter()
+                .map(|(index, replicas)| PartitionInfo {
+                    index,
+                    leader: replicas.first().copied().unwrap_or(-1),
+                    leader_epoch: 0,
+                    isr: replicas.clone(),
+                    replicas,
+                })
+                .collect()
+        };
         let topic = TopicInfo {
             internal,
+            partitions,
             ..topic_info(&record, self.config.node_id)
         };
-        self.persist(move |store| store.put_topic(&record)).await?;
-        self.apply(MetadataCommand::CreateTopic(topic))?;
+        self.commit(
+            move |store| store.put_topic(&record),
+            MetadataCommand::CreateTopic(topic),
+        )
+        .await?;
+        if self.image().topics.get(&spec.name).map(|t| t.id) != Some(id) {
+            // Another node's creation of the same name was committed first.
+            return Err(AdminError::new(
+                ResponseError::TopicAlreadyExists,
+                format!("topic '{}' already exists", spec.name),
+            ));
+        }
         info!(topic = %spec.name, partitions = num_partitions, "created topic");
         Ok(created)
     }
@@ -563,11 +885,13 @@ impl Cluster {
             ));
         }
         let owned = name.to_string();
-        self.persist(move |store| store.delete_topic(&owned).map(|_| ()))
-            .await?;
-        self.apply(MetadataCommand::DeleteTopic {
-            name: name.to_string(),
-        })?;
+        self.commit(
+            move |store| store.delete_topic(&owned).map(|_| ()),
+            MetadataCommand::DeleteTopic {
+                name: name.to_string(),
+            },
+        )
+        .await?;
         info!(topic = %name, "deleted topic");
         Ok(topic.id)
     }
@@ -623,20 +947,21 @@ impl Cluster {
                     })
                     .collect()
             }
-            None => (current..total)
-                .map(|index| single_replica(index, self.config.node_id))
-                .collect(),
+            None => self.place(current, total - current, rf as i16),
         };
         if validate_only {
             return Ok(());
         }
         let mut record = self.record_of(&topic);
         record.partitions = total;
-        self.persist(move |store| store.put_topic(&record)).await?;
-        self.apply(MetadataCommand::CreatePartitions {
-            name: name.to_string(),
-            partitions: new,
-        })?;
+        self.commit(
+            move |store| store.put_topic(&record),
+            MetadataCommand::CreatePartitions {
+                name: name.to_string(),
+                partitions: new,
+            },
+        )
+        .await?;
         info!(topic = %name, from = current, to = total, "added partitions");
         Ok(())
     }
@@ -661,11 +986,14 @@ impl Cluster {
         }
         let mut record = self.record_of(&topic);
         record.configs = configs.clone();
-        self.persist(move |store| store.put_topic(&record)).await?;
-        self.apply(MetadataCommand::SetTopicConfigs {
-            name: name.to_string(),
-            configs,
-        })
+        self.commit(
+            move |store| store.put_topic(&record),
+            MetadataCommand::SetTopicConfigs {
+                name: name.to_string(),
+                configs,
+            },
+        )
+        .await
     }
 
     /// Every topic config with its effective value.
@@ -784,10 +1112,16 @@ impl Cluster {
             return Ok(());
         }
         let encoded = encode_configs(&configs);
-        self.persist(move |store| store.put(NODE_PREFIX, DYNAMIC_BROKER_CONFIGS, &encoded))
-            .await?;
-        *write(&self.log_defaults) = defaults;
-        self.apply(MetadataCommand::SetBrokerConfigs { configs })
+        if self.quorum.is_none() {
+            self.persist(move |store| store.put(NODE_PREFIX, DYNAMIC_BROKER_CONFIGS, &encoded))
+                .await?;
+            *write(&self.log_defaults) = defaults;
+            return self.apply(MetadataCommand::SetBrokerConfigs { configs });
+        }
+        // Reconciling re-derives every node's log defaults from the committed configs.
+        drop(defaults);
+        self.commit(|_| Ok(()), MetadataCommand::SetBrokerConfigs { configs })
+            .await
     }
 
     /// True when `key` of a resource type holds a comma-separated list.
@@ -827,9 +1161,35 @@ impl Cluster {
         if let Some(id) = self.take_producer_id() {
             return Ok(id);
         }
-        let first = self
-            .persist(|store| store.allocate_producer_ids(PRODUCER_ID_BLOCK))
-            .await?;
+        let first = match &self.quorum {
+            None => {
+                self.persist(|store| store.allocate_producer_ids(PRODUCER_ID_BLOCK))
+                    .await?
+            }
+            Some(q) => {
+                let node = self.config.node_id;
+                q.metadata
+                    .propose(&MetadataCommand::ReserveProducerIds {
+                        node,
+                        count: PRODUCER_ID_BLOCK,
+                    })
+                    .await
+                    .map_err(metadata_error)?;
+                // Reservations by this node are serialized by the admin lock, so the last
+                // block recorded for it is the one just committed.
+                q.metadata
+                    .image()
+                    .producer_id_blocks
+                    .get(&node)
+                    .map(|(first, _)| *first)
+                    .ok_or_else(|| {
+                        AdminError::new(
+                            ResponseError::UnknownServerError,
+                            "a producer-id block was committed but is not in the image",
+                        )
+                    })?
+            }
+        };
         let mut block = lock(&self.producer_ids);
         block.next = first + 1;
         block.end = first + PRODUCER_ID_BLOCK;
@@ -846,6 +1206,24 @@ impl Cluster {
 
     /// Closes every log cleanly (flush and checkpoint) so the next start needs no recovery.
     pub async fn shutdown(&self) -> anyhow::Result<()> {
+        if let Some(follower) = lock(&self.follower).take() {
+            follower.abort();
+        }
+        if let Some(q) = &self.quorum {
+            let hosted: Vec<Arc<Partition>> = read(&self.state)
+                .partitions
+                .values()
+                .flatten()
+                .flatten()
+                .cloned()
+                .collect();
+            for p in hosted {
+                if let Some(replica) = p.replica() {
+                    q.stop_replica(p.topic(), p.index(), replica).await;
+                }
+            }
+            q.shutdown().await;
+        }
         let logs = self.logs.clone();
         tokio::task::spawn_blocking(move || logs.shutdown())
             .await
@@ -905,7 +1283,7 @@ impl Cluster {
                     let partition =
                         Arc::new(Partition::new(&topic.name, p.index, log, p.leader_epoch));
                     partition.set_min_insync_replicas(min_insync(&defaults, &topic.configs));
-                    hosted.push(partition);
+                    hosted.push(Some(partition));
                 }
                 state.partitions.insert(topic.name.clone(), hosted);
             }
@@ -931,16 +1309,18 @@ impl Cluster {
                         .partitions
                         .entry(name.clone())
                         .or_default()
-                        .push(partition);
+                        .push(Some(partition));
                 }
             }
             MetadataCommand::SetTopicConfigs { name, configs } => {
                 let log_config = defaults.log_config(configs).map_err(AdminError::storage)?;
-                for p in state.partitions.get(name).into_iter().flatten() {
+                for p in state.partitions.get(name).into_iter().flatten().flatten() {
                     p.log().set_config(log_config.clone());
                     p.set_min_insync_replicas(min_insync(&defaults, configs));
                 }
             }
+            // A single node names itself and hands out producer ids from its store.
+            MetadataCommand::InitCluster { .. } | MetadataCommand::ReserveProducerIds { .. } => {}
             MetadataCommand::SetBrokerConfigs { .. } => {
                 for (name, hosted) in &state.partitions {
                     let configs = image
@@ -949,7 +1329,7 @@ impl Cluster {
                         .map(|t| t.configs.clone())
                         .unwrap_or_default();
                     if let Ok(log_config) = defaults.log_config(&configs) {
-                        for p in hosted {
+                        for p in hosted.iter().flatten() {
                             p.log().set_config(log_config.clone());
                             p.set_min_insync_replicas(min_insync(&defaults, &configs));
                         }
@@ -959,6 +1339,81 @@ impl Cluster {
         }
         state.image = Arc::new(image);
         Ok(())
+    }
+}
+
+/// Follows the metadata group's image, reconciling this node with every change (a failed
+/// reconciliation is retried after a second, or at the next change).
+async fn follow_image(cluster: Arc<Cluster>) {
+    let Some(quorum) = &cluster.quorum else {
+        return;
+    };
+    let mut changes = quorum.metadata.subscribe();
+    loop {
+        if let Err(e) = cluster.reconcile().await {
+            warn!("applying the cluster image failed: {}; retrying", e.message);
+            let _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()).await;
+            continue;
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Node ids taking one from each rack in turn (racks in name order, nodes in the order given).
+fn rack_alternating(peers: &[crate::config::PeerConfig]) -> Vec<i32> {
+    let mut racks: BTreeMap<Option<String>, Vec<i32>> = BTreeMap::new();
+    for p in peers {
+        racks.entry(p.rack.clone()).or_default().push(p.node_id);
+    }
+    let mut order = Vec::new();
+    for round in 0.. {
+        let before = order.len();
+        for ids in racks.values() {
+            if let Some(id) = ids.get(round) {
+                order.push(*id);
+            }
+        }
+        if order.len() == before {
+            break;
+        }
+    }
+    order
+}
+
+/// Partition `first + k` gets the `rf` brokers of `order` from position `start + k` on.
+fn assign(order: &[i32], start: usize, first: i32, count: i32, rf: i16) -> Vec<PartitionInfo> {
+    let n = order.len().max(1);
+    (0..count)
+        .map(|k| {
+            let replicas: Vec<i32> = (0..usize::try_from(rf).unwrap_or(0))
+                .filter_map(|j| order.get((start + k as usize + j) % n).copied())
+                .collect();
+            PartitionInfo {
+                index: first + k,
+                leader: replicas.first().copied().unwrap_or(-1),
+                leader_epoch: 0,
+                isr: replicas.clone(),
+                replicas,
+            }
+        })
+        .collect()
+}
+
+fn metadata_error(e: MetadataError) -> AdminError {
+    match e {
+        MetadataError::NotController { controller } => AdminError::new(
+            ResponseError::NotController,
+            match controller {
+                Some(c) => format!("the controller is node {c}; ask it"),
+                None => "no controller right now (an election is in progress); retry".into(),
+            },
+        ),
+        MetadataError::Failed(why) => AdminError::new(
+            ResponseError::UnknownServerError,
+            format!("the metadata change was not committed: {why}"),
+        ),
     }
 }
 
@@ -1031,4 +1486,42 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PeerConfig;
+
+    fn peer(id: i32, rack: &str) -> PeerConfig {
+        PeerConfig::parse(&format!("{id}=h{id}:9092/127.0.0.1:{}/{rack}", 9000 + id)).unwrap()
+    }
+
+    #[test]
+    fn replicas_of_a_partition_sit_in_different_racks_and_leaders_spread() {
+        // Two nodes per zone, listed zone by zone.
+        let peers = [
+            peer(1, "az-a"),
+            peer(2, "az-a"),
+            peer(3, "az-b"),
+            peer(4, "az-b"),
+            peer(5, "az-c"),
+            peer(6, "az-c"),
+        ];
+        let order = rack_alternating(&peers);
+        assert_eq!(order, vec![1, 3, 5, 2, 4, 6]);
+        let rack = |id: i32| peers.iter().find(|p| p.node_id == id).unwrap().rack.clone();
+        let placed = assign(&order, 4, 0, 12, 3);
+        let mut leaders = BTreeMap::new();
+        for (k, p) in placed.iter().enumerate() {
+            assert_eq!(p.index, k as i32);
+            assert_eq!(p.replicas.len(), 3);
+            let racks: std::collections::BTreeSet<_> =
+                p.replicas.iter().map(|r| rack(*r)).collect();
+            assert_eq!(racks.len(), 3, "partition {k}: {:?}", p.replicas);
+            *leaders.entry(p.leader).or_insert(0) += 1;
+        }
+        assert_eq!(leaders.len(), 6);
+        assert!(leaders.values().all(|n| *n == 2), "{leaders:?}");
+    }
 }

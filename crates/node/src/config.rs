@@ -65,6 +65,11 @@ const NODE_KEYS: &[(&str, &str, &str)] = &[
     ),
     ("delete.topic.enable", "true", "Allow DeleteTopics."),
     (
+        "replica.lag.time.max.ms",
+        "30000",
+        "A follower that has not caught up with the leader's log end of this long ago, or not answered for this long, leaves the ISR.",
+    ),
+    (
         "fetch.max.bytes",
         "57671680",
         "Upper bound on one Fetch response, whatever the client asks.",
@@ -151,6 +156,58 @@ pub struct BrokerConfig {
     pub delete_topic_enable: bool,
     /// `fetch.max.bytes`.
     pub fetch_max_bytes: usize,
+    /// `offsets.topic.replication.factor`.
+    pub offsets_topic_replication_factor: i16,
+    /// `replica.lag.time.max.ms`.
+    pub replica_lag_time_max_ms: u64,
+    /// Every node of the cluster, this one included; empty for a single-node cluster without
+    /// Raft (the embedded default).
+    pub peers: Vec<PeerConfig>,
+}
+
+/// One node of a cluster, as `--peer ID=KAFKA_HOST:PORT/RAFT_HOST:PORT[/RACK]` gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// `node.id`.
+    pub node_id: i32,
+    /// The Kafka address clients are told (Metadata) and this node listens on.
+    pub kafka_host: String,
+    /// Its port.
+    pub kafka_port: u16,
+    /// The node-to-node (Raft) address.
+    pub raft_addr: SocketAddr,
+    /// `broker.rack`.
+    pub rack: Option<String>,
+}
+
+impl PeerConfig {
+    /// Parses `ID=KAFKA_HOST:PORT/RAFT_HOST:PORT[/RACK]`.
+    pub fn parse(spec: &str) -> anyhow::Result<PeerConfig> {
+        let usage = || format!("--peer '{spec}' is not ID=KAFKA_HOST:PORT/RAFT_HOST:PORT[/RACK]");
+        let (id, rest) = spec.split_once('=').with_context(usage)?;
+        let node_id: i32 = id.trim().parse().ok().with_context(usage)?;
+        let mut parts = rest.split('/');
+        let kafka = parts.next().with_context(usage)?;
+        let raft = parts.next().with_context(usage)?;
+        let rack = parts.next().map(str::to_string).filter(|r| !r.is_empty());
+        if parts.next().is_some() || node_id < 0 {
+            bail!(usage());
+        }
+        let (kafka_host, kafka_port) = split_host_port(kafka).with_context(usage)?;
+        use std::net::ToSocketAddrs;
+        let raft_addr = raft
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .with_context(|| format!("--peer '{spec}': cannot resolve the Raft address {raft}"))?;
+        Ok(PeerConfig {
+            node_id,
+            kafka_host,
+            kafka_port,
+            raft_addr,
+            rack,
+        })
+    }
 }
 
 /// One broker config as DescribeConfigs lists it.
@@ -280,15 +337,22 @@ impl BrokerConfig {
                 1024,
                 i32::MAX as i64,
             )? as usize,
+            offsets_topic_replication_factor: parse_int(
+                "offsets.topic.replication.factor",
+                get("offsets.topic.replication.factor"),
+                1,
+                i16::MAX as i64,
+            )? as i16,
+            replica_lag_time_max_ms: parse_int(
+                "replica.lag.time.max.ms",
+                get("replica.lag.time.max.ms"),
+                1,
+                i64::MAX,
+            )? as u64,
             log,
             overrides: overrides.clone(),
+            peers: Vec::new(),
         };
-        parse_int(
-            "offsets.topic.replication.factor",
-            get("offsets.topic.replication.factor"),
-            1,
-            i16::MAX as i64,
-        )?;
         for (key, ..) in GROUP_KEYS {
             parse_int(key, get(key), 0, i64::MAX)?;
         }
@@ -300,6 +364,49 @@ impl BrokerConfig {
             );
         }
         Ok(config)
+    }
+
+    /// Makes this node one of `peers` (its own entry included): its advertised address and
+    /// rack come from its entry, and replication factors not set explicitly default to
+    /// min(3, nodes), as a three-zone cluster expects.
+    pub fn with_peers(mut self, peers: Vec<PeerConfig>) -> anyhow::Result<Self> {
+        if peers.is_empty() {
+            return Ok(self);
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for p in &peers {
+            if !ids.insert(p.node_id) {
+                bail!("--peer lists node {} twice", p.node_id);
+            }
+        }
+        let Some(me) = peers.iter().find(|p| p.node_id == self.node_id) else {
+            bail!(
+                "--peer must list this node (--node-id {}) too",
+                self.node_id
+            );
+        };
+        self.advertise_host = me.kafka_host.clone();
+        self.advertise_port = me.kafka_port;
+        if me.rack.is_some() {
+            self.rack = me.rack.clone();
+        }
+        let default_rf = peers.len().min(3) as i16;
+        if !self.overrides.contains_key("default.replication.factor") {
+            self.default_replication_factor = default_rf;
+        }
+        if !self
+            .overrides
+            .contains_key("offsets.topic.replication.factor")
+        {
+            self.offsets_topic_replication_factor = default_rf;
+        }
+        self.peers = peers;
+        Ok(self)
+    }
+
+    /// True when this node is one of several (Raft replication).
+    pub fn is_clustered(&self) -> bool {
+        !self.peers.is_empty()
     }
 
     /// A group-coordinator setting (always valid: checked at start-up).
@@ -320,11 +427,18 @@ impl BrokerConfig {
             .chain(GROUP_KEYS)
             .map(|(name, default, doc)| BrokerConfigEntry {
                 name: name.to_string(),
-                value: self
-                    .overrides
-                    .get(*name)
-                    .cloned()
-                    .unwrap_or_else(|| default.to_string()),
+                value: match *name {
+                    // A multi-node cluster defaults these to min(3, nodes).
+                    "default.replication.factor" => self.default_replication_factor.to_string(),
+                    "offsets.topic.replication.factor" => {
+                        self.offsets_topic_replication_factor.to_string()
+                    }
+                    _ => self
+                        .overrides
+                        .get(*name)
+                        .cloned()
+                        .unwrap_or_else(|| default.to_string()),
+                },
                 overridden: self.overrides.contains_key(*name),
                 doc,
             })
@@ -373,6 +487,74 @@ fn parse_int(key: &str, value: &str, min: i64, max: i64) -> anyhow::Result<i64> 
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn peers_parse_and_make_this_node_one_of_a_cluster() {
+        let specs = [
+            "1=kafka-1:9092/127.0.0.1:9093/az-a",
+            "2=kafka-2:9092/127.0.0.2:9093/az-b",
+            "3=kafka-3:9092/127.0.0.3:9093",
+        ];
+        let peers: Vec<PeerConfig> = specs
+            .iter()
+            .map(|s| PeerConfig::parse(s).unwrap())
+            .collect();
+        assert_eq!(peers[2].rack, None);
+        assert_eq!(peers[1].raft_addr, "127.0.0.2:9093".parse().unwrap());
+        let base = || {
+            BrokerConfig::new(
+                2,
+                "0.0.0.0:9092",
+                None,
+                None,
+                PathBuf::from("d"),
+                BTreeMap::new(),
+            )
+            .unwrap()
+        };
+        let c = base().with_peers(peers.clone()).unwrap();
+        assert!(c.is_clustered());
+        assert_eq!(
+            (c.advertise_host.as_str(), c.advertise_port),
+            ("kafka-2", 9092)
+        );
+        assert_eq!(c.rack.as_deref(), Some("az-b"));
+        assert_eq!(c.default_replication_factor, 3);
+        assert_eq!(c.offsets_topic_replication_factor, 3);
+        // An explicit setting wins over the cluster default.
+        let explicit =
+            BTreeMap::from([("default.replication.factor".to_string(), "2".to_string())]);
+        let c = BrokerConfig::new(1, "0.0.0.0:9092", None, None, PathBuf::from("d"), explicit)
+            .unwrap()
+            .with_peers(peers.clone())
+            .unwrap();
+        assert_eq!(c.default_replication_factor, 2);
+        // This node must be listed; ids must be distinct; specs must be whole.
+        let err = BrokerConfig::new(
+            7,
+            "0.0.0.0:9092",
+            None,
+            None,
+            PathBuf::from("d"),
+            BTreeMap::new(),
+        )
+        .unwrap()
+        .with_peers(peers.clone())
+        .unwrap_err();
+        assert!(err.to_string().contains("--node-id 7"), "{err}");
+        let twice = vec![peers[0].clone(), peers[0].clone(), peers[1].clone()];
+        assert!(base().with_peers(twice).is_err());
+        for bad in [
+            "x=h:1/127.0.0.1:2",
+            "1=h:1",
+            "1=h/127.0.0.1:2",
+            "1=h:1/127.0.0.1:2/a/b",
+            "-1=h:1/127.0.0.1:2",
+        ] {
+            assert!(PeerConfig::parse(bad).is_err(), "{bad} parsed");
+        }
+    }
+
     use super::*;
 
     fn config(overrides: &[&str]) -> anyhow::Result<BrokerConfig> {

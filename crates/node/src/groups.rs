@@ -25,6 +25,7 @@ use crate::broker::{Completion, RequestContext};
 use crate::cluster::{Cluster, OFFSETS_TOPIC};
 use crate::config::BrokerConfig;
 use crate::handlers::now_ms;
+use sluice_replication::partition::Partition;
 
 /// Requests queued for the coordinator task; a full queue pushes back on connections.
 const QUEUE: usize = 1024;
@@ -42,6 +43,15 @@ enum Command {
         result: Result<(), i16>,
     },
     TopicsDeleted(Vec<String>),
+    /// This node now leads the offsets partition: its groups are loading.
+    Gained(i32),
+    /// The partition's records, read after gaining it.
+    Loaded {
+        partition: i32,
+        records: Vec<(Bytes, Option<Bytes>)>,
+    },
+    /// This node no longer leads the offsets partition.
+    Lost(i32),
     Stop,
 }
 
@@ -50,6 +60,8 @@ pub struct Groups {
     tx: mpsc::Sender<Command>,
     task: tokio::sync::Mutex<Option<JoinHandle<()>>>,
     partitions: i32,
+    /// Tasks following the leadership of the offsets partitions (multi-node).
+    followers: Vec<JoinHandle<()>>,
 }
 
 impl Groups {
@@ -94,19 +106,31 @@ impl Groups {
         };
         let seed = uuid::Uuid::new_v4().as_u64_pair().0;
         let mut coordinator = GroupCoordinator::new(group_config, partitions, seed);
-        let loaded = {
+        let clustered = cluster.is_clustered();
+        let coordinator = if clustered {
+            // Loaded partition by partition as this node comes to lead them.
+            coordinator
+        } else {
             let cluster = cluster.clone();
-            tokio::task::spawn_blocking(move || {
+            let (coordinator, records) = tokio::task::spawn_blocking(move || {
                 replay(&cluster, &mut coordinator, partitions).map(|n| (coordinator, n))
             })
-            .await??
+            .await??;
+            info!(
+                partitions,
+                records, "consumer groups loaded from {OFFSETS_TOPIC}"
+            );
+            coordinator
         };
-        let (coordinator, records) = loaded;
-        info!(
-            partitions,
-            records, "consumer groups loaded from {OFFSETS_TOPIC}"
-        );
         let (tx, rx) = mpsc::channel(QUEUE);
+        let followers = if clustered {
+            (0..partitions)
+                .filter_map(|p| cluster.partition(OFFSETS_TOPIC, p))
+                .map(|partition| tokio::spawn(follow_offsets_leadership(partition, tx.clone())))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let runtime = Runtime {
             coordinator,
             cluster,
@@ -119,6 +143,7 @@ impl Groups {
             tx,
             task: tokio::sync::Mutex::new(Some(task)),
             partitions,
+            followers,
         })
     }
 
@@ -162,6 +187,9 @@ impl Groups {
 
     /// Stops the coordinator task; parked requests are dropped with their connections.
     pub async fn shutdown(&self) {
+        for f in &self.followers {
+            f.abort();
+        }
         let _ = self.tx.send(Command::Stop).await;
         if let Some(task) = self.task.lock().await.take() {
             let _ = task.await;
@@ -169,8 +197,8 @@ impl Groups {
     }
 }
 
-/// Replays every partition of `__consumer_offsets` into the coordinator. Returns the number of
-/// records read.
+/// Replays every partition of `__consumer_offsets` into the coordinator (a single node leads
+/// them all). Returns the number of records read.
 fn replay(
     cluster: &Cluster,
     coordinator: &mut GroupCoordinator,
@@ -183,43 +211,131 @@ fn replay(
             anyhow::bail!("{OFFSETS_TOPIC}-{p} is missing");
         };
         coordinator.begin_load(p);
-        let mut offset = partition.log_start_offset();
-        let end = partition.high_watermark();
-        while offset < end {
-            let chunk = partition
-                .read(offset, 1 << 20, true)
-                .map_err(|e| anyhow::anyhow!("reading {OFFSETS_TOPIC}-{p} at {offset}: {e}"))?;
-            if chunk.is_empty() {
-                break;
+        total += read_offsets_partition(&partition, |offset, key, value| {
+            if let Err(e) = coordinator.load_record(p, key, value) {
+                warn!(partition = p, offset, "skipping record: {e}");
             }
-            for batch in sluice_protocol::batch::iter_batches(&chunk) {
-                let (header, bytes) =
-                    batch.map_err(|e| anyhow::anyhow!("{OFFSETS_TOPIC}-{p}: {e}"))?;
-                offset = header.last_offset() + 1;
-                let records = match read_records(bytes) {
-                    Ok((_, records)) => records,
-                    Err(e) => {
-                        warn!(
-                            partition = p,
-                            offset = header.base_offset,
-                            "skipping unreadable batch: {e}"
-                        );
-                        continue;
-                    }
-                };
-                for r in records {
-                    total += 1;
-                    let Some(key) = r.key else { continue };
-                    if let Err(e) = coordinator.load_record(p, key, r.value) {
-                        warn!(partition = p, offset = r.offset, "skipping record: {e}");
-                    }
-                }
-            }
-        }
+        })?;
         // Nothing is waiting yet, so the effects of loading are empty.
         let _ = coordinator.finish_load(p, now);
     }
     Ok(total)
+}
+
+/// Reads a `__consumer_offsets` partition's committed records, key and value, in order.
+/// Returns how many were read.
+fn read_offsets_partition(
+    partition: &Partition,
+    mut each: impl FnMut(i64, &[u8], Option<&[u8]>),
+) -> anyhow::Result<usize> {
+    let p = partition.index();
+    let mut total = 0;
+    let mut offset = partition.log_start_offset();
+    let end = partition.high_watermark();
+    while offset < end {
+        let chunk = partition
+            .read(offset, 1 << 20, true)
+            .map_err(|e| anyhow::anyhow!("reading {OFFSETS_TOPIC}-{p} at {offset}: {e}"))?;
+        if chunk.is_empty() {
+            break;
+        }
+        for batch in sluice_protocol::batch::iter_batches(&chunk) {
+            let (header, bytes) = batch.map_err(|e| anyhow::anyhow!("{OFFSETS_TOPIC}-{p}: {e}"))?;
+            offset = header.last_offset() + 1;
+            let records = match read_records(bytes) {
+                Ok((_, records)) => records,
+                Err(e) => {
+                    warn!(
+                        partition = p,
+                        offset = header.base_offset,
+                        "skipping unreadable batch: {e}"
+                    );
+                    continue;
+                }
+            };
+            for r in records {
+                total += 1;
+                let Some(key) = r.key else { continue };
+                each(r.offset, key, r.value);
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// In a multi-node cluster a node coordinates the groups of the `__consumer_offsets`
+/// partitions it leads. One task per partition follows its leadership: on becoming leader it
+/// waits until its high watermark covers its whole log (the new term's first commit), reads
+/// the partition and hands the records to the coordinator; on losing it, the coordinator drops
+/// the partition's groups.
+async fn follow_offsets_leadership(partition: Arc<Partition>, tx: mpsc::Sender<Command>) {
+    let Some(replica) = partition.replica().cloned() else {
+        return;
+    };
+    let p = partition.index();
+    let mut metrics = replica.raft().metrics();
+    let mut leading = false;
+    loop {
+        let now_leading = {
+            metrics.borrow_and_update();
+            replica.is_leader()
+        };
+        if now_leading && !leading {
+            leading = true;
+            if tx.send(Command::Gained(p)).await.is_err() {
+                return;
+            }
+            let mut hw = partition.subscribe();
+            let caught_up = hw
+                .wait_for(|h| *h >= partition.log().log_end_offset())
+                .await
+                .is_ok();
+            let read = Arc::clone(&partition);
+            let loaded = tokio::task::spawn_blocking(move || {
+                let mut records = Vec::new();
+                read_offsets_partition(&read, |_, k, v| {
+                    records.push((Bytes::copy_from_slice(k), v.map(Bytes::copy_from_slice)));
+                })
+                .map(|_| records)
+            })
+            .await;
+            let records = match (caught_up, loaded) {
+                (true, Ok(Ok(records))) => records,
+                (_, Ok(Err(e))) => {
+                    error!(partition = p, "cannot load {OFFSETS_TOPIC}-{p}: {e:#}");
+                    Vec::new()
+                }
+                _ => return,
+            };
+            info!(
+                partition = p,
+                records = records.len(),
+                "coordinating the groups of {OFFSETS_TOPIC}-{p} (this node leads it)"
+            );
+            if tx
+                .send(Command::Loaded {
+                    partition: p,
+                    records,
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        } else if !now_leading && leading {
+            leading = false;
+            info!(
+                partition = p,
+                "no longer leading {OFFSETS_TOPIC}-{p}: its groups move"
+            );
+            if tx.send(Command::Lost(p)).await.is_err() {
+                return;
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 struct Runtime {
@@ -276,6 +392,20 @@ impl Runtime {
                 Some(Command::TopicsDeleted(topics)) => {
                     self.coordinator.topics_deleted(&topics, now_ms())
                 }
+                Some(Command::Gained(p)) => self.coordinator.begin_load(p),
+                Some(Command::Loaded { partition, records }) => {
+                    if self.coordinator.is_loading(partition) {
+                        let (effects, _) = self.coordinator.load_partition(
+                            partition,
+                            records.iter().map(|(k, v)| (&k[..], v.as_deref())),
+                            now_ms(),
+                        );
+                        effects
+                    } else {
+                        Vec::new()
+                    }
+                }
+                Some(Command::Lost(p)) => self.coordinator.unload_partition(p),
             };
             self.perform(effects);
         }

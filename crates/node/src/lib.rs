@@ -13,6 +13,7 @@ pub mod config;
 pub mod connection;
 pub mod groups;
 mod handlers;
+pub mod quorum;
 pub mod server;
 
 use anyhow::Context;
@@ -23,11 +24,12 @@ use tracing::info;
 use crate::broker::Broker;
 use crate::config::BrokerConfig;
 
-/// Logs to stderr; `SLUICE_LOG` (or `RUST_LOG`) takes tracing filter directives.
+/// Logs to stderr; `SLUICE_LOG` (or `RUST_LOG`) takes tracing filter directives. By default
+/// openraft's own per-election and per-request chatter is left out (its errors stay).
 pub fn init_logging() {
     let filter = std::env::var("SLUICE_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".into());
+        .unwrap_or_else(|_| "info,openraft=error".into());
     use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))

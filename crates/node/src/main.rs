@@ -39,6 +39,17 @@ struct Args {
         value_delimiter = ';'
     )]
     overrides: Vec<String>,
+    /// Every node of a multi-node cluster, this one included, as
+    /// `ID=KAFKA_HOST:PORT/RAFT_HOST:PORT[/RACK]`: its Kafka address (advertised to clients),
+    /// its node-to-node Raft address and its rack. Repeatable; in the environment, separate
+    /// several with `,`. Without it the node is a single-node cluster.
+    #[arg(
+        long = "peer",
+        value_name = "PEER",
+        env = "SLUICE_PEERS",
+        value_delimiter = ','
+    )]
+    peers: Vec<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,6 +62,12 @@ fn main() -> anyhow::Result<()> {
         args.rack,
         args.data_dir,
         &args.overrides,
+    )?
+    .with_peers(
+        args.peers
+            .iter()
+            .map(|p| sluice_node::config::PeerConfig::parse(p))
+            .collect::<anyhow::Result<Vec<_>>>()?,
     )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

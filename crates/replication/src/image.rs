@@ -74,6 +74,10 @@ pub struct ClusterImage {
     pub topics: BTreeMap<String, Arc<TopicInfo>>,
     /// Broker-level config overrides set at runtime (IncrementalAlterConfigs on the broker).
     pub broker_configs: BTreeMap<String, String>,
+    /// The first producer id no node has reserved yet.
+    pub next_producer_id: i64,
+    /// The last block of producer ids each node reserved: `[first, end)`.
+    pub producer_id_blocks: BTreeMap<i32, (i64, i64)>,
 }
 
 impl ClusterImage {
@@ -112,6 +116,18 @@ pub enum MetadataCommand {
         /// The complete new set.
         configs: BTreeMap<String, String>,
     },
+    /// Names the cluster; the first one committed wins, later ones are no-ops.
+    InitCluster {
+        /// Kafka-style cluster id.
+        cluster_id: String,
+    },
+    /// Reserves the next `count` producer ids for `node` (its InitProducerId answers).
+    ReserveProducerIds {
+        /// The node reserving.
+        node: i32,
+        /// How many ids.
+        count: i64,
+    },
 }
 
 impl ClusterImage {
@@ -120,8 +136,11 @@ impl ClusterImage {
     pub fn apply(&mut self, command: &MetadataCommand) {
         match command {
             MetadataCommand::CreateTopic(topic) => {
+                // Two nodes may propose the same name at once: the first committed wins, and
+                // the proposer of the second sees another id under the name.
                 self.topics
-                    .insert(topic.name.clone(), Arc::new(topic.clone()));
+                    .entry(topic.name.clone())
+                    .or_insert_with(|| Arc::new(topic.clone()));
             }
             MetadataCommand::DeleteTopic { name } => {
                 self.topics.remove(name);
@@ -140,6 +159,17 @@ impl ClusterImage {
             }
             MetadataCommand::SetBrokerConfigs { configs } => {
                 self.broker_configs = configs.clone();
+            }
+            MetadataCommand::InitCluster { cluster_id } => {
+                if self.cluster_id.is_empty() {
+                    self.cluster_id = cluster_id.clone();
+                }
+            }
+            MetadataCommand::ReserveProducerIds { node, count } => {
+                let first = self.next_producer_id;
+                self.next_producer_id = first.saturating_add((*count).max(0));
+                self.producer_id_blocks
+                    .insert(*node, (first, self.next_producer_id));
             }
         }
     }

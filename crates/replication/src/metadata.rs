@@ -26,6 +26,8 @@ use uuid::Uuid;
 
 use crate::image::{ClusterImage, MetadataCommand, PartitionInfo, TopicInfo};
 use crate::raft::codec::{Reader, put_bytes, put_u32};
+use crate::raft::transport::Peers;
+use crate::raft::wire::Response;
 use crate::raft::{CommitMachine, PartitionRaft, RecordBatch, SegmentRaftLog, partition_config};
 
 /// The metadata partition's directory name (`<topic>-<partition>`), also its group name.
@@ -54,7 +56,12 @@ pub struct MetadataGroup {
     image: watch::Receiver<Arc<ClusterImage>>,
     applied: watch::Receiver<Applied>,
     applier: tokio::task::JoinHandle<()>,
+    /// This node's id and the peers to forward proposals to the controller through.
+    forward: Option<(u64, Arc<Peers>)>,
 }
+
+/// How long a proposal waits for a controller (an election) before giving up.
+pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How far the applier got: the next offset to apply, or why it stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +115,7 @@ impl MetadataGroup {
             image,
             applied,
             applier,
+            forward: None,
         })
     }
 
@@ -131,34 +139,108 @@ impl MetadataGroup {
         self.raft.metrics().borrow().current_leader
     }
 
-    /// Commits `command` and returns once this node's image includes it. Only the controller
-    /// accepts; another node answers [`MetadataError::NotController`].
+    /// Forwards proposals made here to the controller over `peers` when this node is not
+    /// the controller (without it, [`MetadataGroup::propose`] answers `NotController`).
+    pub fn with_forwarding(mut self, node_id: u64, peers: Arc<Peers>) -> Self {
+        self.forward = Some((node_id, peers));
+        self
+    }
+
+    /// Waits until this node knows a controller and its image includes everything committed
+    /// before that controller's term began: what a node needs before it serves clients.
+    pub async fn wait_ready(&self) -> Result<(), MetadataError> {
+        let mut rx = self.raft.metrics();
+        loop {
+            let ready = {
+                let m = rx.borrow_and_update();
+                // A leader's first entry is a blank one of its own term: once an entry of the
+                // current term is applied, everything committed before it is too.
+                m.current_leader.is_some()
+                    && m.last_applied
+                        .is_some_and(|l| l.leader_id.term == m.current_term)
+            };
+            if ready {
+                break;
+            }
+            rx.changed()
+                .await
+                .map_err(|_| MetadataError::Failed("the metadata member stopped".into()))?;
+        }
+        self.wait_applied(self.log.high_watermark()).await
+    }
+
+    /// Commits `command` and returns once this node's image includes it. On a node that is
+    /// not the controller the command is forwarded to the controller (see
+    /// [`MetadataGroup::with_forwarding`]); during an election it waits, at most
+    /// [`PROPOSE_TIMEOUT`] in all, for a controller to appear.
     pub async fn propose(&self, command: &MetadataCommand) -> Result<(), MetadataError> {
         let value = encode_command(command);
-        let batch = build_batch(
+        let batch = Bytes::from(build_batch(
             &[NewRecord {
                 value: Some(&value),
                 timestamp: now_ms(),
                 ..NewRecord::default()
             }],
             ProducerInfo::NONE,
-        );
-        let written = match self
-            .raft
-            .client_write(RecordBatch(Bytes::from(batch)))
-            .await
-        {
-            Ok(r) => r.data,
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                return Err(MetadataError::NotController {
-                    controller: f.leader_id,
+        ));
+        let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
+        let mut metrics = self.raft.metrics();
+        let end = loop {
+            metrics.borrow_and_update();
+            match self.commit(batch.clone()).await {
+                Ok(end) => break end,
+                Err(MetadataError::NotController { controller }) => {
+                    let forwardable = self
+                        .forward
+                        .as_ref()
+                        .is_some_and(|(me, _)| controller.is_some_and(|c| c != *me));
+                    if forwardable || tokio::time::Instant::now() >= deadline {
+                        return Err(MetadataError::NotController { controller });
+                    }
+                    // No controller yet (or a stale one): wait for the membership's view
+                    // to change, then try again.
+                    let _ = tokio::time::timeout_at(deadline, metrics.changed()).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        self.wait_applied(end).await
+    }
+
+    /// Commits one command batch here or at the controller; returns its end offset.
+    async fn commit(&self, batch: Bytes) -> Result<i64, MetadataError> {
+        let leader = match self.raft.client_write(RecordBatch(batch.clone())).await {
+            Ok(r) => {
+                return r.data.map(|a| a.last_offset + 1).ok_or_else(|| {
+                    MetadataError::Failed("a command committed without offsets".into())
                 });
             }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => f.leader_id,
             Err(e) => return Err(MetadataError::Failed(e.to_string())),
         };
-        let end = written
-            .map(|a| a.last_offset + 1)
-            .ok_or_else(|| MetadataError::Failed("a command committed without offsets".into()))?;
+        let (Some((me, peers)), Some(controller)) = (&self.forward, leader) else {
+            return Err(MetadataError::NotController { controller: leader });
+        };
+        if controller == *me {
+            return Err(MetadataError::NotController { controller: None });
+        }
+        match peers
+            .write(controller, METADATA_GROUP, batch, PROPOSE_TIMEOUT)
+            .await
+        {
+            Ok(Response::Written { end }) => Ok(end),
+            Ok(Response::NotLeader(_)) | Err(_) => {
+                Err(MetadataError::NotController { controller: None })
+            }
+            Ok(Response::Refused(why)) => Err(MetadataError::Failed(why)),
+            Ok(other) => Err(MetadataError::Failed(format!(
+                "unexpected answer from the controller: {other:?}"
+            ))),
+        }
+    }
+
+    /// Waits until this node's image includes every command before `end`.
+    async fn wait_applied(&self, end: i64) -> Result<(), MetadataError> {
         let mut applied = self.applied.clone();
         let result = applied
             .wait_for(|a| match a {
@@ -175,7 +257,7 @@ impl MetadataGroup {
     }
 
     /// Stops the member and closes the log.
-    pub async fn shutdown(self) -> Result<(), MetadataError> {
+    pub async fn shutdown(&self) -> Result<(), MetadataError> {
         self.applier.abort();
         self.raft
             .shutdown()
@@ -319,6 +401,15 @@ pub fn encode_command(command: &MetadataCommand) -> Vec<u8> {
             w.push(4);
             put_configs(&mut w, configs);
         }
+        MetadataCommand::InitCluster { cluster_id } => {
+            w.push(5);
+            put_str(&mut w, cluster_id);
+        }
+        MetadataCommand::ReserveProducerIds { node, count } => {
+            w.push(6);
+            put_i32(&mut w, *node);
+            w.extend_from_slice(&count.to_be_bytes());
+        }
     }
     w
 }
@@ -398,6 +489,13 @@ pub fn decode_command(value: &[u8]) -> Result<MetadataCommand, String> {
         4 => MetadataCommand::SetBrokerConfigs {
             configs: r.configs()?,
         },
+        5 => MetadataCommand::InitCluster {
+            cluster_id: r.string()?,
+        },
+        6 => MetadataCommand::ReserveProducerIds {
+            node: r.i32()?,
+            count: r.i64()?,
+        },
         k => return Err(format!("unknown command {k}")),
     };
     if !r.buf.is_empty() {
@@ -439,6 +537,13 @@ mod tests {
                 configs: configs.clone(),
             },
             MetadataCommand::SetBrokerConfigs { configs },
+            MetadataCommand::InitCluster {
+                cluster_id: "sluice-test".into(),
+            },
+            MetadataCommand::ReserveProducerIds {
+                node: 2,
+                count: 1000,
+            },
         ]
     }
 

@@ -1,11 +1,15 @@
 //! A partition replica hosted on this node, and the leader's write path.
 //!
 //! The produce path goes through [`Partition::append`] and waits on
-//! [`PendingAppend::acknowledged`]: today, with one replica, a write is acknowledged once it is
-//! durable per the topic's flush policy and the high watermark then covers it. With Raft, the same
-//! two calls become "append to the leader's log" and "wait for the commit index", and the high
-//! watermark becomes the commit index; callers do not change.
+//! [`PendingAppend::acknowledged`]. A partition is either this node's only replica (the
+//! single-node product: a write is acknowledged once durable per the topic's flush policy, and
+//! the high watermark then covers it) or this node's member of the partition's Raft group
+//! ([`Partition::replicated`]: append proposes the batch, acknowledged means committed, and the
+//! high watermark is the commit index). Callers do not tell the two apart, except to ask who
+//! leads.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -13,6 +17,8 @@ use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use sluice_storage::{AppendError, AppendOutcome, PartitionLog, ReadError, StorageError};
 use tokio::sync::watch;
+
+use crate::raft::replica::{RaftReplica, ReplicaError};
 
 /// Why a produce to this partition failed.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +34,22 @@ pub enum ProduceError {
         /// The topic's min.insync.replicas.
         min_isr: i32,
     },
+    /// The replicated write path refused or failed it (not the leader, Raft stopped).
+    #[error(transparent)]
+    Replica(ReplicaError),
+}
+
+impl From<ReplicaError> for ProduceError {
+    fn from(e: ReplicaError) -> Self {
+        match e {
+            ReplicaError::Invalid(a) => ProduceError::Append(a),
+            ReplicaError::NotEnoughReplicas { isr, min_isr } => ProduceError::NotEnoughReplicas {
+                isr: i32::try_from(isr).unwrap_or(i32::MAX),
+                min_isr,
+            },
+            other => ProduceError::Replica(other),
+        }
+    }
 }
 
 impl ProduceError {
@@ -36,6 +58,7 @@ impl ProduceError {
         match self {
             ProduceError::Append(e) => e.error_code(),
             ProduceError::NotEnoughReplicas { .. } => ResponseError::NotEnoughReplicas.code(),
+            ProduceError::Replica(e) => e.error_code(),
         }
     }
 }
@@ -61,6 +84,8 @@ pub struct Partition {
     min_insync_replicas: AtomicI32,
     /// Replicas currently in sync (1 while this node is the only replica).
     isr_size: AtomicI32,
+    /// This node's member of the partition's Raft group, when the partition is replicated.
+    replica: Option<Arc<RaftReplica>>,
 }
 
 impl Partition {
@@ -76,6 +101,65 @@ impl Partition {
             leader_epoch: AtomicI32::new(leader_epoch),
             min_insync_replicas: AtomicI32::new(1),
             isr_size: AtomicI32::new(1),
+            replica: None,
+        }
+    }
+
+    /// Wraps this node's member of the partition's Raft group (its log is the replica's).
+    pub fn replicated(topic: &str, index: i32, replica: Arc<RaftReplica>) -> Self {
+        Partition {
+            topic: topic.to_string(),
+            index,
+            log: Arc::clone(replica.log()),
+            leader_epoch: AtomicI32::new(0),
+            min_insync_replicas: AtomicI32::new(1),
+            isr_size: AtomicI32::new(1),
+            replica: Some(replica),
+        }
+    }
+
+    /// This node's Raft member, when the partition is replicated.
+    pub fn replica(&self) -> Option<&Arc<RaftReplica>> {
+        self.replica.as_ref()
+    }
+
+    /// True when this node leads the partition (always, for an unreplicated one).
+    pub fn is_leader(&self) -> bool {
+        self.replica.as_ref().is_none_or(|r| r.is_leader())
+    }
+
+    /// The leader's node id as this replica knows it; `own_id` for an unreplicated partition.
+    pub fn leader(&self, own_id: i32) -> Option<i32> {
+        match &self.replica {
+            None => Some(own_id),
+            Some(r) => r.leader().and_then(|l| i32::try_from(l).ok()),
+        }
+    }
+
+    /// The in-sync replicas (as the leader sees them; a follower reports every replica).
+    pub fn in_sync_replicas(&self, own_id: i32) -> Vec<i32> {
+        match &self.replica {
+            None => vec![own_id],
+            Some(r) => {
+                let ids = if r.is_leader() {
+                    r.in_sync_replicas()
+                } else {
+                    r.replicas().to_vec()
+                };
+                ids.into_iter()
+                    .filter_map(|id| i32::try_from(id).ok())
+                    .collect()
+            }
+        }
+    }
+
+    /// NOT_LEADER_OR_FOLLOWER unless this node leads: what Fetch and ListOffsets answer on a
+    /// follower.
+    pub fn check_leader(&self) -> Result<(), i16> {
+        if self.is_leader() {
+            Ok(())
+        } else {
+            Err(ResponseError::NotLeaderOrFollower.code())
         }
     }
 
@@ -96,12 +180,18 @@ impl Partition {
 
     /// The current leader epoch.
     pub fn leader_epoch(&self) -> i32 {
-        self.leader_epoch.load(Ordering::Acquire)
+        match &self.replica {
+            Some(r) => r.leader_epoch(),
+            None => self.leader_epoch.load(Ordering::Acquire),
+        }
     }
 
     /// Sets min.insync.replicas (from the topic's configs).
     pub fn set_min_insync_replicas(&self, n: i32) {
         self.min_insync_replicas.store(n, Ordering::Release);
+        if let Some(r) = &self.replica {
+            r.set_min_insync_replicas(n);
+        }
     }
 
     /// Kafka's leader-epoch fencing for a client's `current_leader_epoch` (-1: not checked).
@@ -124,6 +214,13 @@ impl Partition {
         acks: Acks,
         now_ms: i64,
     ) -> Result<PendingAppend, ProduceError> {
+        if let Some(replica) = &self.replica {
+            let committed = replica.submit(batch, acks)?;
+            return Ok(PendingAppend {
+                partition: self.clone(),
+                wait: Wait::Committed(Box::pin(committed)),
+            });
+        }
         if acks == Acks::All
             && self.isr_size.load(Ordering::Acquire)
                 < self.min_insync_replicas.load(Ordering::Acquire)
@@ -141,8 +238,7 @@ impl Partition {
         }
         Ok(PendingAppend {
             partition: self.clone(),
-            outcome,
-            sync,
+            wait: Wait::Durable { outcome, sync },
         })
     }
 
@@ -215,24 +311,43 @@ impl Partition {
 /// An append on the log, not yet acknowledged.
 pub struct PendingAppend {
     partition: Arc<Partition>,
-    outcome: AppendOutcome,
-    sync: bool,
+    wait: Wait,
+}
+
+type Committed = Pin<Box<dyn Future<Output = Result<crate::raft::Appended, ReplicaError>> + Send>>;
+
+enum Wait {
+    /// Written here; acknowledged once durable (if the flush policy asks).
+    Durable { outcome: AppendOutcome, sync: bool },
+    /// Proposed; acknowledged once the Raft group commits it.
+    Committed(Committed),
 }
 
 impl PendingAppend {
-    /// Where the batch landed (before it is acknowledged).
-    pub fn outcome(&self) -> &AppendOutcome {
-        &self.outcome
-    }
-
-    /// Completes when the append is acknowledged per the topic's durability policy.
+    /// Completes when the append is acknowledged per the topic's durability policy (a
+    /// replicated partition: once committed).
     pub async fn acknowledged(self) -> Result<AppendOutcome, ProduceError> {
-        if self.sync {
-            self.partition
-                .commit(self.outcome.last_offset + 1)
-                .await
-                .map_err(|e| ProduceError::Append(AppendError::Storage(e)))?;
+        match self.wait {
+            Wait::Durable { outcome, sync } => {
+                if sync {
+                    self.partition
+                        .commit(outcome.last_offset + 1)
+                        .await
+                        .map_err(|e| ProduceError::Append(AppendError::Storage(e)))?;
+                }
+                Ok(outcome)
+            }
+            Wait::Committed(committed) => {
+                let appended = committed.await?;
+                Ok(AppendOutcome {
+                    base_offset: appended.base_offset,
+                    last_offset: appended.last_offset,
+                    // LogAppendTime is not stamped on the replicated path yet.
+                    log_append_time: -1,
+                    log_start_offset: self.partition.log_start_offset(),
+                    duplicate: false,
+                })
+            }
         }
-        Ok(self.outcome)
     }
 }

@@ -61,10 +61,7 @@ pub(crate) fn start(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Co
             let resolved = match info {
                 None if version >= 13 => Err(ResponseError::UnknownTopicId.code()),
                 None => Err(ResponseError::UnknownTopicOrPartition.code()),
-                Some(info) => broker
-                    .cluster
-                    .partition(&info.name, p.partition)
-                    .ok_or(ResponseError::UnknownTopicOrPartition.code()),
+                Some(info) => broker.cluster.leader_partition(&info.name, p.partition),
             };
             targets.push(Target {
                 topic_index,

@@ -1,5 +1,6 @@
-//! FindCoordinator: this node leads every `__consumer_offsets` partition (one-node cluster), so
-//! it coordinates every group. Transactions are not implemented: their coordinator is refused.
+//! FindCoordinator: a group's coordinator is the leader of its `__consumer_offsets` partition
+//! (on a single node, this node for every group). Transactions are not implemented: their
+//! coordinator is refused.
 //! OffsetCommit: partitions that do not exist are answered here, the rest go to the coordinator.
 
 use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
@@ -14,6 +15,11 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use crate::broker::{Broker, Completion, RequestContext};
+use crate::cluster::OFFSETS_TOPIC;
+
+fn key_str(key: &StrBytes) -> &str {
+    key.as_str()
+}
 
 /// FindCoordinator key types.
 const GROUP: i8 = 0;
@@ -33,7 +39,27 @@ pub(crate) async fn find_coordinator(
     for key in keys {
         let mut c = Coordinator::default();
         c.key = key;
-        if req.key_type == GROUP {
+        if req.key_type == GROUP && broker.cluster.is_clustered() {
+            let partition = sluice_coordinator::placement::partition_for(
+                key_str(&c.key),
+                broker.groups.offsets_partitions(),
+            );
+            match broker.cluster.partition_leader(OFFSETS_TOPIC, partition) {
+                Some(leader) => {
+                    c.node_id = BrokerId(leader.node_id);
+                    c.host = StrBytes::from_string(leader.host);
+                    c.port = i32::from(leader.port);
+                }
+                None => {
+                    c.node_id = BrokerId(-1);
+                    c.port = -1;
+                    c.error_code = ResponseError::CoordinatorNotAvailable.code();
+                    c.error_message = Some(StrBytes::from_static_str(
+                        "the group's __consumer_offsets partition is electing a leader",
+                    ));
+                }
+            }
+        } else if req.key_type == GROUP {
             c.node_id = BrokerId(config.node_id);
             c.host = StrBytes::from_string(config.advertise_host.clone());
             c.port = config.advertise_port as i32;

@@ -63,7 +63,7 @@ pub(crate) async fn metadata(
     match requested {
         None => {
             for topic in image.topics.values() {
-                topics.push(topic_response(topic, version));
+                topics.push(topic_response(broker, topic, version));
             }
         }
         Some(wanted) => {
@@ -81,11 +81,11 @@ pub(crate) async fn metadata(
             for (name, id) in wanted {
                 topics.push(match name {
                     Some(name) => match image.topics.get(&name) {
-                        Some(topic) => topic_response(topic, version),
+                        Some(topic) => topic_response(broker, topic, version),
                         None => missing_topic(Some(name), id, version, broker),
                     },
                     None => match image.topic_by_id(id) {
-                        Some(topic) => topic_response(topic, version),
+                        Some(topic) => topic_response(broker, topic, version),
                         None => missing_topic(None, id, version, broker),
                     },
                 });
@@ -111,7 +111,7 @@ pub(crate) async fn metadata(
         response.cluster_id = Some(StrBytes::from_string(image.cluster_id.clone()));
     }
     if version >= 1 {
-        response.controller_id = BrokerId(image.controller_id);
+        response.controller_id = BrokerId(broker.cluster.controller_id());
     }
     if version >= 8 && req.include_topic_authorized_operations {
         for t in &mut topics {
@@ -151,7 +151,7 @@ fn missing_topic(
     t
 }
 
-fn topic_response(topic: &TopicInfo, version: i16) -> MetadataResponseTopic {
+fn topic_response(broker: &Broker, topic: &TopicInfo, version: i16) -> MetadataResponseTopic {
     let mut t = MetadataResponseTopic::default();
     t.name = Some(TopicName(StrBytes::from_string(topic.name.clone())));
     if version >= 10 {
@@ -165,7 +165,12 @@ fn topic_response(topic: &TopicInfo, version: i16) -> MetadataResponseTopic {
         .partitions
         .iter()
         .map(|p| {
+            // Leader, epoch and ISR live from the replica hosted here.
+            let p = broker.cluster.partition_view(&topic.name, p);
             let mut mp = MetadataResponsePartition::default();
+            if p.leader < 0 {
+                mp.error_code = ResponseError::LeaderNotAvailable.code();
+            }
             mp.partition_index = p.index;
             mp.leader_id = BrokerId(p.leader);
             if version >= 7 {
@@ -187,7 +192,7 @@ pub(crate) fn describe_cluster(
     let image = broker.cluster.image();
     let mut response = DescribeClusterResponse::default();
     response.cluster_id = StrBytes::from_string(image.cluster_id.clone());
-    response.controller_id = BrokerId(image.controller_id);
+    response.controller_id = BrokerId(broker.cluster.controller_id());
     if version >= 1 {
         response.endpoint_type = 1;
     }

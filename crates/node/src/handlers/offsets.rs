@@ -40,10 +40,10 @@ pub(crate) fn list_offsets(
             r.leader_epoch = -1;
             match broker
                 .cluster
-                .partition(topic.name.0.as_str(), p.partition_index)
+                .leader_partition(topic.name.0.as_str(), p.partition_index)
             {
-                None => r.error_code = ResponseError::UnknownTopicOrPartition.code(),
-                Some(partition) => match partition.check_leader_epoch(p.current_leader_epoch) {
+                Err(code) => r.error_code = code,
+                Ok(partition) => match partition.check_leader_epoch(p.current_leader_epoch) {
                     Err(code) => r.error_code = code,
                     Ok(()) => {
                         let found = match p.timestamp {
@@ -95,10 +95,10 @@ pub(crate) fn offset_for_leader_epoch(
             r.end_offset = -1;
             match broker
                 .cluster
-                .partition(topic.topic.0.as_str(), p.partition)
+                .leader_partition(topic.topic.0.as_str(), p.partition)
             {
-                None => r.error_code = ResponseError::UnknownTopicOrPartition.code(),
-                Some(partition) => match partition.check_leader_epoch(p.current_leader_epoch) {
+                Err(code) => r.error_code = code,
+                Ok(partition) => match partition.check_leader_epoch(p.current_leader_epoch) {
                     Err(code) => r.error_code = code,
                     Ok(()) => {
                         if let Some((epoch, end)) = partition.end_offset_for_epoch(p.leader_epoch) {
@@ -130,10 +130,15 @@ pub(crate) async fn delete_records(
             r.low_watermark = -1;
             match broker
                 .cluster
-                .partition(topic.name.0.as_str(), p.partition_index)
+                .leader_partition(topic.name.0.as_str(), p.partition_index)
             {
-                None => r.error_code = ResponseError::UnknownTopicOrPartition.code(),
-                Some(partition) => match partition.delete_records_before(p.offset).await {
+                Err(code) => r.error_code = code,
+                // Moving the log start on a replicated partition is not replicated yet: refused
+                // rather than done on the leader alone.
+                Ok(partition) if partition.replica().is_some() => {
+                    r.error_code = ResponseError::PolicyViolation.code()
+                }
+                Ok(partition) => match partition.delete_records_before(p.offset).await {
                     Ok(low) => r.low_watermark = low,
                     Err(code) => r.error_code = code,
                 },

@@ -49,35 +49,39 @@ pub(crate) fn start(broker: &Arc<Broker>, req: ProduceRequest, version: i16) -> 
                 (_, None) => error(ResponseError::InvalidRequiredAcks, None),
                 (None, _) if version >= 13 => error(ResponseError::UnknownTopicId, None),
                 (None, _) => error(ResponseError::UnknownTopicOrPartition, None),
-                (Some(info), Some(acks)) => match broker.cluster.partition(&info.name, p.index) {
-                    None => error(ResponseError::UnknownTopicOrPartition, None),
-                    Some(partition) => match p.records {
-                        None => error(
-                            ResponseError::InvalidRecord,
-                            Some("produce request without records".into()),
-                        ),
-                        Some(_) if req.transactional_id.is_some() => error(
-                            ResponseError::TransactionalIdAuthorizationFailed,
-                            Some("transactions are not supported by this broker".into()),
-                        ),
-                        Some(batch) => match partition.append(batch, acks, now) {
-                            Ok(pending) => PartitionResult::Pending(p.index, pending),
-                            Err(e) => {
-                                debug!(topic = %info.name, partition = p.index, "append refused: {e}");
-                                let mut r = error_response(
-                                    p.index,
-                                    e.error_code(),
-                                    Some(e.to_string()),
-                                    version,
-                                );
-                                if let (ProduceError::Append(a), 8..) = (&e, version) {
-                                    r.record_errors = record_errors(a);
+                (Some(info), Some(acks)) => {
+                    match broker.cluster.leader_partition(&info.name, p.index) {
+                        Err(code) => {
+                            PartitionResult::Done(error_response(p.index, code, None, version))
+                        }
+                        Ok(partition) => match p.records {
+                            None => error(
+                                ResponseError::InvalidRecord,
+                                Some("produce request without records".into()),
+                            ),
+                            Some(_) if req.transactional_id.is_some() => error(
+                                ResponseError::TransactionalIdAuthorizationFailed,
+                                Some("transactions are not supported by this broker".into()),
+                            ),
+                            Some(batch) => match partition.append(batch, acks, now) {
+                                Ok(pending) => PartitionResult::Pending(p.index, pending),
+                                Err(e) => {
+                                    debug!(topic = %info.name, partition = p.index, "append refused: {e}");
+                                    let mut r = error_response(
+                                        p.index,
+                                        e.error_code(),
+                                        Some(e.to_string()),
+                                        version,
+                                    );
+                                    if let (ProduceError::Append(a), 8..) = (&e, version) {
+                                        r.record_errors = record_errors(a);
+                                    }
+                                    PartitionResult::Done(r)
                                 }
-                                PartitionResult::Done(r)
-                            }
+                            },
                         },
-                    },
-                },
+                    }
+                }
             };
             results.push(result);
         }

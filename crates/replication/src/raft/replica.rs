@@ -18,6 +18,7 @@ use kafka_protocol::ResponseError;
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{Raft, ServerState};
 use sluice_storage::{AppendError, PartitionLog};
+use std::future::Future;
 use tokio::task::JoinHandle;
 
 use super::transport::{AckTimes, GroupNetwork};
@@ -206,6 +207,18 @@ impl RaftReplica {
     /// Validates `batch` and proposes it; answers once it is committed (for every `acks`:
     /// a Raft entry is acknowledged at commit) with where its records landed.
     pub async fn append(&self, batch: Bytes, acks: Acks) -> Result<Appended, ReplicaError> {
+        self.submit(batch, acks)?.await
+    }
+
+    /// Validates `batch` and hands it to Raft now, without waiting: batches submitted one
+    /// after another are proposed in that order (one connection's produce requests keep
+    /// theirs). The returned future answers once the batch is committed.
+    pub fn submit(
+        &self,
+        batch: Bytes,
+        acks: Acks,
+    ) -> Result<impl Future<Output = Result<Appended, ReplicaError>> + Send + 'static, ReplicaError>
+    {
         if !self.is_leader() {
             return Err(ReplicaError::NotLeader {
                 leader: self.leader(),
@@ -219,17 +232,33 @@ impl RaftReplica {
             }
         }
         self.log.validate(&batch)?;
-        match self.raft.client_write(RecordBatch(batch)).await {
-            Ok(r) => r
-                .data
-                .ok_or_else(|| ReplicaError::Failed("a batch committed without offsets".into())),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ReplicaError::NotLeader {
-                    leader: f.leader_id,
-                })
+        // Submitting only queues the entry for the Raft core (an unbounded channel send), so
+        // the future is ready at its first poll unless the core has stopped.
+        let mut submit = std::pin::pin!(self.raft.client_write_ff(RecordBatch(batch)));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let rx = match submit.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(Ok(rx)) => rx,
+            std::task::Poll::Ready(Err(e)) => return Err(ReplicaError::Failed(e.to_string())),
+            std::task::Poll::Pending => {
+                return Err(ReplicaError::Failed(
+                    "the partition's Raft member is stopping".into(),
+                ));
             }
-            Err(e) => Err(ReplicaError::Failed(e.to_string())),
-        }
+        };
+        Ok(async move {
+            match rx.await {
+                Ok(Ok(r)) => r.data.ok_or_else(|| {
+                    ReplicaError::Failed("a batch committed without offsets".into())
+                }),
+                Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(ReplicaError::NotLeader {
+                    leader: f.leader_id,
+                }),
+                Ok(Err(e)) => Err(ReplicaError::Failed(e.to_string())),
+                // The member stopped (or lost leadership and dropped the entry) before
+                // committing it: the producer retries against the leader it finds.
+                Err(_) => Err(ReplicaError::NotLeader { leader: None }),
+            }
+        })
     }
 
     /// Stops the member (the log stays open; its owner closes it).

@@ -18,7 +18,9 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::error::{
+    ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable,
+};
 use openraft::network::RPCOption;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -34,7 +36,7 @@ use super::wire::{
     Frame, MAX_FRAME, Request, Response, decode_request, decode_response, encode_request,
     encode_response,
 };
-use super::{CatchUpSource, PartitionRaft};
+use super::{CatchUpSource, PartitionRaft, RecordBatch};
 use sluice_storage::PartitionLog;
 
 /// Requests one connection may have in progress on the receiving side.
@@ -243,6 +245,18 @@ impl RaftServer {
                 Ok(s) => Response::InstallSnapshot(s),
                 Err(e) => Response::Refused(e.to_string()),
             },
+            Request::Write(batch) => match raft.client_write(RecordBatch(batch)).await {
+                Ok(r) => match r.data {
+                    Some(a) => Response::Written {
+                        end: a.last_offset + 1,
+                    },
+                    None => Response::Refused("committed without offsets".into()),
+                },
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    Response::NotLeader(f.leader_id)
+                }
+                Err(e) => Response::Refused(e.to_string()),
+            },
             Request::ReadLog { .. } => Response::Refused("handled above".into()),
         }
     }
@@ -362,6 +376,24 @@ impl Peers {
             return;
         }
         peers.insert(node, Arc::new(PeerClient::new(addr)));
+    }
+
+    /// Asks `node` to commit `batch` in `group` as its leader: [`Response::Written`] with the
+    /// batch's end offset, [`Response::NotLeader`], or [`Response::Refused`].
+    pub async fn write(
+        &self,
+        node: u64,
+        group: &str,
+        batch: Bytes,
+        ttl: Duration,
+    ) -> io::Result<Response> {
+        let peer = self.get(node).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no address for node {node}"),
+            )
+        })?;
+        peer.call(group, &Request::Write(batch), ttl).await
     }
 
     fn get(&self, node: u64) -> Option<Arc<PeerClient>> {

@@ -41,6 +41,9 @@ pub enum Request {
         /// Byte budget of the answer.
         max_bytes: u32,
     },
+    /// A record batch for the group's leader to commit (a node that is not the metadata
+    /// group's leader forwards its proposals this way).
+    Write(Bytes),
 }
 
 /// The answer to a [`Request`].
@@ -57,6 +60,13 @@ pub enum Response {
     /// The receiver could not handle it (unknown group, member shutting down, snapshot
     /// refused); the sender treats it as a failed call and retries later.
     Refused(String),
+    /// To [`Request::Write`]: committed; the batch's records end before `end`.
+    Written {
+        /// The offset after the batch's last record.
+        end: i64,
+    },
+    /// To [`Request::Write`]: the receiver does not lead the group; the leader, if known.
+    NotLeader(Option<u64>),
 }
 
 /// A frame body in pieces: encoded fields, with record batches as they are (no copy). Its
@@ -158,6 +168,12 @@ pub fn encode_request(correlation: u64, group: &str, req: &Request) -> Frame {
             w.extend_from_slice(&from.to_be_bytes());
             w.extend_from_slice(&max_bytes.to_be_bytes());
         }
+        Request::Write(b) => {
+            w.push(4);
+            put_u32(&mut w, b.len());
+            frame.push(Bytes::from(std::mem::take(&mut w)));
+            frame.push(b.clone());
+        }
     }
     frame.push(Bytes::from(w));
     frame
@@ -216,6 +232,12 @@ pub fn decode_request(frame: &Bytes) -> Result<(u64, String, Request), String> {
             from: r.i64()?,
             max_bytes: r.u32()?,
         },
+        4 => {
+            let len = r.count()?;
+            let start = frame.len() - r.buf.len();
+            r.take(len)?;
+            Request::Write(frame.slice(start..start + len))
+        }
         k => return Err(format!("unknown request kind {k}")),
     };
     if !r.buf.is_empty() {
@@ -265,6 +287,20 @@ pub fn encode_response(correlation: u64, resp: &Response) -> Frame {
             frame.push(Bytes::from(std::mem::take(&mut w)));
             frame.push(batches.clone());
         }
+        Response::Written { end } => {
+            w.push(5);
+            w.extend_from_slice(&end.to_be_bytes());
+        }
+        Response::NotLeader(leader) => {
+            w.push(6);
+            match leader {
+                Some(id) => {
+                    w.push(1);
+                    put_u64(&mut w, *id);
+                }
+                None => w.push(0),
+            }
+        }
     }
     frame.push(Bytes::from(w));
     frame
@@ -295,6 +331,8 @@ pub fn decode_response(frame: &Bytes) -> Result<(u64, Response), String> {
             r.take(len)?;
             Response::Log(frame.slice(start..start + len))
         }
+        5 => Response::Written { end: r.i64()? },
+        6 => Response::NotLeader(if r.flag()? { Some(r.u64()?) } else { None }),
         k => return Err(format!("unknown response kind {k}")),
     };
     if !r.buf.is_empty() {
