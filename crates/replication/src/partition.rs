@@ -215,10 +215,10 @@ impl Partition {
         now_ms: i64,
     ) -> Result<PendingAppend, ProduceError> {
         if let Some(replica) = &self.replica {
-            let committed = replica.submit(batch, acks)?;
+            let (committed, log_append_time) = replica.submit(batch, acks, now_ms)?;
             return Ok(PendingAppend {
                 partition: self.clone(),
-                wait: Wait::Committed(Box::pin(committed)),
+                wait: Wait::Committed(Box::pin(committed), log_append_time),
             });
         }
         if acks == Acks::All
@@ -319,8 +319,8 @@ type Committed = Pin<Box<dyn Future<Output = Result<crate::raft::Appended, Repli
 enum Wait {
     /// Written here; acknowledged once durable (if the flush policy asks).
     Durable { outcome: AppendOutcome, sync: bool },
-    /// Proposed; acknowledged once the Raft group commits it.
-    Committed(Committed),
+    /// Proposed; acknowledged once the Raft group commits it (with its LogAppendTime or -1).
+    Committed(Committed, i64),
 }
 
 impl PendingAppend {
@@ -337,13 +337,12 @@ impl PendingAppend {
                 }
                 Ok(outcome)
             }
-            Wait::Committed(committed) => {
+            Wait::Committed(committed, log_append_time) => {
                 let appended = committed.await?;
                 Ok(AppendOutcome {
                     base_offset: appended.base_offset,
                     last_offset: appended.last_offset,
-                    // LogAppendTime is not stamped on the replicated path yet.
-                    log_append_time: -1,
+                    log_append_time,
                     log_start_offset: self.partition.log_start_offset(),
                     duplicate: false,
                 })

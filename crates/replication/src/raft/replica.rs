@@ -17,6 +17,8 @@ use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{Raft, ServerState};
+use sluice_protocol::batch::set_log_append_time;
+use sluice_storage::config::TimestampType;
 use sluice_storage::{AppendError, PartitionLog};
 use std::future::Future;
 use tokio::task::JoinHandle;
@@ -207,18 +209,25 @@ impl RaftReplica {
     /// Validates `batch` and proposes it; answers once it is committed (for every `acks`:
     /// a Raft entry is acknowledged at commit) with where its records landed.
     pub async fn append(&self, batch: Bytes, acks: Acks) -> Result<Appended, ReplicaError> {
-        self.submit(batch, acks)?.await
+        self.submit(batch, acks, 0)?.0.await
     }
 
     /// Validates `batch` and hands it to Raft now, without waiting: batches submitted one
     /// after another are proposed in that order (one connection's produce requests keep
-    /// theirs). The returned future answers once the batch is committed.
+    /// theirs). The returned future answers once the batch is committed; with it comes the
+    /// LogAppendTime stamped into the batch (`now_ms`) on a topic that asks for it, else -1.
     pub fn submit(
         &self,
         batch: Bytes,
         acks: Acks,
-    ) -> Result<impl Future<Output = Result<Appended, ReplicaError>> + Send + 'static, ReplicaError>
-    {
+        now_ms: i64,
+    ) -> Result<
+        (
+            impl Future<Output = Result<Appended, ReplicaError>> + Send + 'static,
+            i64,
+        ),
+        ReplicaError,
+    > {
         if !self.is_leader() {
             return Err(ReplicaError::NotLeader {
                 leader: self.leader(),
@@ -232,6 +241,15 @@ impl RaftReplica {
             }
         }
         self.log.validate(&batch)?;
+        // The leader stamps LogAppendTime once; every replica stores the stamped bytes.
+        let (batch, log_append_time) =
+            if self.log.config().message_timestamp_type == TimestampType::LogAppendTime {
+                let mut stamped = batch.to_vec();
+                set_log_append_time(&mut stamped, now_ms);
+                (Bytes::from(stamped), now_ms)
+            } else {
+                (batch, -1)
+            };
         // Submitting only queues the entry for the Raft core (an unbounded channel send), so
         // the future is ready at its first poll unless the core has stopped.
         let mut submit = std::pin::pin!(self.raft.client_write_ff(RecordBatch(batch)));
@@ -245,20 +263,23 @@ impl RaftReplica {
                 ));
             }
         };
-        Ok(async move {
-            match rx.await {
-                Ok(Ok(r)) => r.data.ok_or_else(|| {
-                    ReplicaError::Failed("a batch committed without offsets".into())
-                }),
-                Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(ReplicaError::NotLeader {
-                    leader: f.leader_id,
-                }),
-                Ok(Err(e)) => Err(ReplicaError::Failed(e.to_string())),
-                // The member stopped (or lost leadership and dropped the entry) before
-                // committing it: the producer retries against the leader it finds.
-                Err(_) => Err(ReplicaError::NotLeader { leader: None }),
-            }
-        })
+        Ok((
+            async move {
+                match rx.await {
+                    Ok(Ok(r)) => r.data.ok_or_else(|| {
+                        ReplicaError::Failed("a batch committed without offsets".into())
+                    }),
+                    Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(ReplicaError::NotLeader {
+                        leader: f.leader_id,
+                    }),
+                    Ok(Err(e)) => Err(ReplicaError::Failed(e.to_string())),
+                    // The member stopped (or lost leadership and dropped the entry) before
+                    // committing it: the producer retries against the leader it finds.
+                    Err(_) => Err(ReplicaError::NotLeader { leader: None }),
+                }
+            },
+            log_append_time,
+        ))
     }
 
     /// Stops the member (the log stays open; its owner closes it).
