@@ -25,11 +25,13 @@ use crate::broker::Broker;
 use crate::config::BrokerConfig;
 
 /// Logs to stderr; `SLUICE_LOG` (or `RUST_LOG`) takes tracing filter directives. By default
-/// openraft's own per-election and per-request chatter is left out (its errors stay).
+/// openraft's own logging is off: it reports every failed heartbeat of every group while a
+/// peer is down. The transport logs a peer becoming unreachable and reachable once each;
+/// `SLUICE_LOG=info,openraft=info` brings openraft's back.
 pub fn init_logging() {
     let filter = std::env::var("SLUICE_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info,openraft=error".into());
+        .unwrap_or_else(|_| "info,openraft=off".into());
     use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))

@@ -8,8 +8,6 @@
 //! high watermark is the commit index). Callers do not tell the two apart, except to ask who
 //! leads.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -18,7 +16,7 @@ use kafka_protocol::ResponseError;
 use sluice_storage::{AppendError, AppendOutcome, PartitionLog, ReadError, StorageError};
 use tokio::sync::watch;
 
-use crate::raft::replica::{RaftReplica, ReplicaError};
+use crate::raft::replica::{Committing, RaftReplica, ReplicaError};
 
 /// Why a produce to this partition failed.
 #[derive(Debug, thiserror::Error)]
@@ -218,7 +216,7 @@ impl Partition {
             let (committed, log_append_time) = replica.submit(batch, acks, now_ms)?;
             return Ok(PendingAppend {
                 partition: self.clone(),
-                wait: Wait::Committed(Box::pin(committed), log_append_time),
+                wait: Wait::Committed(committed, log_append_time),
             });
         }
         if acks == Acks::All
@@ -314,13 +312,11 @@ pub struct PendingAppend {
     wait: Wait,
 }
 
-type Committed = Pin<Box<dyn Future<Output = Result<crate::raft::Appended, ReplicaError>> + Send>>;
-
 enum Wait {
     /// Written here; acknowledged once durable (if the flush policy asks).
     Durable { outcome: AppendOutcome, sync: bool },
     /// Proposed; acknowledged once the Raft group commits it (with its LogAppendTime or -1).
-    Committed(Committed, i64),
+    Committed(Committing, i64),
 }
 
 impl PendingAppend {

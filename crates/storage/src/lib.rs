@@ -47,5 +47,7 @@ pub use config::{BrokerLogConfig, CleanupPolicy, ConfigError, LogConfig, Timesta
 pub use error::{AppendError, ReadError, StorageError};
 pub use manager::LogManager;
 pub use metadata::MetadataStore;
-pub use partition::{AppendOutcome, PartitionLog, ReadResult, RecoveryStats, RetentionOutcome};
+pub use partition::{
+    AppendOutcome, PartitionLog, ProducerCheck, ReadResult, RecoveryStats, RetentionOutcome,
+};
 pub use sluice_protocol::batch::BatchError;

@@ -104,6 +104,22 @@ fn verify_replicated(batch: &[u8]) -> Result<BatchHeader, AppendError> {
     Ok(header)
 }
 
+/// What [`PartitionLog::check_producer`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProducerCheck {
+    /// New and in sequence (or not idempotent): append it.
+    Append,
+    /// Already in the log at these offsets (the max timestamp as stored).
+    Duplicate {
+        /// First offset of the original.
+        base_offset: i64,
+        /// Last offset of the original.
+        last_offset: i64,
+        /// Its stored max timestamp.
+        timestamp: i64,
+    },
+}
+
 /// How an append treats the batch it is given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -288,6 +304,26 @@ impl PartitionLog {
             self.check_keys(batch, &header)?;
         }
         Ok(header)
+    }
+
+    /// Checks an idempotent batch against the producer state of what this log holds, without
+    /// writing: what a Raft leader asks before proposing (followers record producer state but
+    /// never check it, as their clocks may disagree about expiry).
+    pub fn check_producer(
+        &self,
+        header: &BatchHeader,
+        now_ms: i64,
+    ) -> Result<ProducerCheck, AppendError> {
+        let expiration = read(&self.inner.config).producer_id_expiration_ms;
+        let st = lock(&self.inner.state);
+        Ok(match st.producers.check(header, now_ms, expiration)? {
+            Check::Append => ProducerCheck::Append,
+            Check::Duplicate(meta) => ProducerCheck::Duplicate {
+                base_offset: meta.first_offset,
+                last_offset: meta.last_offset,
+                timestamp: meta.timestamp,
+            },
+        })
     }
 
     /// A compacted log keeps the latest record per key, so Kafka refuses the whole batch when

@@ -19,6 +19,7 @@
 pub(crate) mod codec;
 mod log_store;
 pub mod replica;
+mod sequencer;
 mod state_file;
 mod state_machine;
 pub mod transport;

@@ -21,8 +21,10 @@ use sluice_protocol::batch::set_log_append_time;
 use sluice_storage::config::TimestampType;
 use sluice_storage::{AppendError, PartitionLog};
 use std::future::Future;
+use std::pin::Pin;
 use tokio::task::JoinHandle;
 
+use super::sequencer::{Sequencer, Verdict};
 use super::transport::{AckTimes, GroupNetwork};
 use super::{Appended, CommitMachine, PartitionRaft, RecordBatch, SegmentRaftLog};
 use crate::partition::Acks;
@@ -47,6 +49,9 @@ pub enum ReplicaError {
     /// The batch was refused before it was proposed (size, CRC, format, keys).
     #[error(transparent)]
     Invalid(#[from] AppendError),
+    /// The same idempotent batch is still being replicated; the producer should retry.
+    #[error("the same batch is in flight; retry")]
+    InFlight,
     /// Raft or the log failed.
     #[error("replication failed: {0}")]
     Failed(String),
@@ -59,6 +64,9 @@ impl ReplicaError {
             ReplicaError::NotLeader { .. } => ResponseError::NotLeaderOrFollower.code(),
             ReplicaError::NotEnoughReplicas { .. } => ResponseError::NotEnoughReplicas.code(),
             ReplicaError::Invalid(e) => e.error_code(),
+            // Retriable, and for an idempotent producer "maybe written": it retries the same
+            // sequence and then finds the original in the log.
+            ReplicaError::InFlight => ResponseError::RequestTimedOut.code(),
             ReplicaError::Failed(_) => ResponseError::KafkaStorageError.code(),
         }
     }
@@ -78,6 +86,7 @@ pub struct RaftReplica {
     samples: Arc<Mutex<Samples>>,
     sampler: JoinHandle<()>,
     acks: Arc<AckTimes>,
+    sequencer: Arc<Mutex<Sequencer>>,
 }
 
 fn lock(m: &Mutex<Samples>) -> MutexGuard<'_, Samples> {
@@ -126,6 +135,7 @@ impl RaftReplica {
             samples,
             sampler,
             acks,
+            sequencer: Arc::default(),
         })
     }
 
@@ -221,13 +231,7 @@ impl RaftReplica {
         batch: Bytes,
         acks: Acks,
         now_ms: i64,
-    ) -> Result<
-        (
-            impl Future<Output = Result<Appended, ReplicaError>> + Send + 'static,
-            i64,
-        ),
-        ReplicaError,
-    > {
+    ) -> Result<(Committing, i64), ReplicaError> {
         if !self.is_leader() {
             return Err(ReplicaError::NotLeader {
                 leader: self.leader(),
@@ -240,32 +244,63 @@ impl RaftReplica {
                 return Err(ReplicaError::NotEnoughReplicas { isr, min_isr });
             }
         }
-        self.log.validate(&batch)?;
+        let header = self.log.validate(&batch)?;
+        let append_time = self.log.config().message_timestamp_type == TimestampType::LogAppendTime;
+        // Checking sequences and handing the batch to Raft happen under one lock, so what the
+        // sequencer records as in flight is proposed in the same order.
+        let mut sequencer = lock_sequencer(&self.sequencer);
+        let term = self.raft.metrics().borrow().current_term;
+        match sequencer.check(term, &self.log, &header, now_ms)? {
+            Verdict::Propose => {}
+            Verdict::InFlight => return Err(ReplicaError::InFlight),
+            Verdict::Duplicate {
+                base_offset,
+                last_offset,
+                timestamp,
+            } => {
+                let wait = committed_at(self.raft.clone(), Arc::clone(&self.log), last_offset + 1);
+                return Ok((
+                    Box::pin(async move {
+                        wait.await?;
+                        Ok(Appended {
+                            base_offset,
+                            last_offset,
+                        })
+                    }),
+                    if append_time { timestamp } else { -1 },
+                ));
+            }
+        }
         // The leader stamps LogAppendTime once; every replica stores the stamped bytes.
-        let (batch, log_append_time) =
-            if self.log.config().message_timestamp_type == TimestampType::LogAppendTime {
-                let mut stamped = batch.to_vec();
-                set_log_append_time(&mut stamped, now_ms);
-                (Bytes::from(stamped), now_ms)
-            } else {
-                (batch, -1)
-            };
+        let (batch, log_append_time) = if append_time {
+            let mut stamped = batch.to_vec();
+            set_log_append_time(&mut stamped, now_ms);
+            (Bytes::from(stamped), now_ms)
+        } else {
+            (batch, -1)
+        };
         // Submitting only queues the entry for the Raft core (an unbounded channel send), so
         // the future is ready at its first poll unless the core has stopped.
         let mut submit = std::pin::pin!(self.raft.client_write_ff(RecordBatch(batch)));
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let producer_id = header.has_producer_id().then_some(header.producer_id);
         let rx = match submit.as_mut().poll(&mut cx) {
             std::task::Poll::Ready(Ok(rx)) => rx,
-            std::task::Poll::Ready(Err(e)) => return Err(ReplicaError::Failed(e.to_string())),
-            std::task::Poll::Pending => {
-                return Err(ReplicaError::Failed(
-                    "the partition's Raft member is stopping".into(),
-                ));
+            other => {
+                if let Some(pid) = producer_id {
+                    sequencer.forget(pid);
+                }
+                return Err(ReplicaError::Failed(match other {
+                    std::task::Poll::Ready(Err(e)) => e.to_string(),
+                    _ => "the partition's Raft member is stopping".into(),
+                }));
             }
         };
+        drop(sequencer);
+        let sequencer = Arc::clone(&self.sequencer);
         Ok((
-            async move {
-                match rx.await {
+            Box::pin(async move {
+                let result = match rx.await {
                     Ok(Ok(r)) => r.data.ok_or_else(|| {
                         ReplicaError::Failed("a batch committed without offsets".into())
                     }),
@@ -276,8 +311,12 @@ impl RaftReplica {
                     // The member stopped (or lost leadership and dropped the entry) before
                     // committing it: the producer retries against the leader it finds.
                     Err(_) => Err(ReplicaError::NotLeader { leader: None }),
+                };
+                if let (Err(_), Some(pid)) = (&result, producer_id) {
+                    lock_sequencer(&sequencer).forget(pid);
                 }
-            },
+                result
+            }),
             log_append_time,
         ))
     }
@@ -289,6 +328,42 @@ impl RaftReplica {
             .shutdown()
             .await
             .map_err(|e| ReplicaError::Failed(e.to_string()))
+    }
+}
+
+/// A batch on its way to commit (see [`RaftReplica::submit`]).
+pub type Committing = Pin<Box<dyn Future<Output = Result<Appended, ReplicaError>> + Send>>;
+
+fn lock_sequencer(m: &Mutex<Sequencer>) -> MutexGuard<'_, Sequencer> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Completes once the high watermark passes `end` (a duplicate's original is committed), or
+/// fails with NOT_LEADER_OR_FOLLOWER if this member stops leading first.
+async fn committed_at(
+    raft: Raft<PartitionRaft>,
+    log: Arc<PartitionLog>,
+    end: i64,
+) -> Result<(), ReplicaError> {
+    let mut hw = log.subscribe();
+    let mut metrics = raft.metrics();
+    loop {
+        if *hw.borrow_and_update() >= end {
+            return Ok(());
+        }
+        let leader = {
+            let m = metrics.borrow_and_update();
+            (m.state == ServerState::Leader)
+                .then_some(())
+                .ok_or(m.current_leader)
+        };
+        if let Err(leader) = leader {
+            return Err(ReplicaError::NotLeader { leader });
+        }
+        tokio::select! {
+            changed = hw.changed() => if changed.is_err() { return Err(ReplicaError::NotLeader { leader: None }) },
+            changed = metrics.changed() => if changed.is_err() { return Err(ReplicaError::NotLeader { leader: None }) },
+        }
     }
 }
 

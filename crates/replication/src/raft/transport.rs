@@ -276,6 +276,9 @@ pub struct PeerClient {
     addr: SocketAddr,
     link: tokio::sync::Mutex<Option<Arc<Link>>>,
     next_correlation: AtomicU64,
+    /// Whether the last connection attempt succeeded: a change is logged once, not every
+    /// retry (each group's heartbeats retry several times a second).
+    reachable: std::sync::atomic::AtomicBool,
 }
 
 impl PeerClient {
@@ -284,6 +287,7 @@ impl PeerClient {
             addr,
             link: tokio::sync::Mutex::new(None),
             next_correlation: AtomicU64::new(1),
+            reachable: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
@@ -292,7 +296,20 @@ impl PeerClient {
         if let Some(l) = guard.as_ref().filter(|l| l.alive.load(Ordering::Acquire)) {
             return Ok(Arc::clone(l));
         }
-        let stream = TcpStream::connect(self.addr).await?;
+        let stream = match TcpStream::connect(self.addr).await {
+            Ok(s) => {
+                if !self.reachable.swap(true, Ordering::AcqRel) {
+                    tracing::info!(addr = %self.addr, "raft peer reachable again");
+                }
+                s
+            }
+            Err(e) => {
+                if self.reachable.swap(false, Ordering::AcqRel) {
+                    tracing::warn!(addr = %self.addr, error = %e, "cannot reach raft peer; retrying (its partitions elect leaders among the others)");
+                }
+                return Err(e);
+            }
+        };
         stream.set_nodelay(true)?;
         let (mut r, w) = stream.into_split();
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
