@@ -7,6 +7,9 @@ Fixtures:
 - `shared_node`: one node per test module (faster; tests must not depend on a clean broker).
   Config via `pytestmark = pytest.mark.sluice_overrides({...})` in the module.
 - `sluice_bin`: path of the broker binary (missing binary = test error, never a skip).
+- `cluster`: three nodes on 127.0.0.1-3 forming one cluster (racks az-a, az-b, az-c), one per
+  test module; config via the module's `sluice_overrides` marker. Before each test every node
+  that is down (killed by an earlier test) is started again. See sluicecluster.py.
 
 A node object has `.bootstrap` ("127.0.0.1:PORT"), `.data_dir`, `.overrides` (dict, used by the
 next start), `.start()`, `.stop(clean=True)`, `.restart(clean=True)`, `.kill9()`, `.log()`,
@@ -29,6 +32,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from sluicecluster import SluiceCluster  # noqa: E402
 from sluicenode import NodeError, SluiceNode, log_tail, sluice_binary, wait_until  # noqa: E402
 
 __all__ = ["wait_until"]
@@ -107,6 +111,8 @@ def _nodes_of(item) -> list[SluiceNode]:
             found[id(value)] = value
         elif isinstance(value, NodeFactory):
             found.update((id(n), n) for n in value.nodes)
+        elif isinstance(value, SluiceCluster):
+            found.update((id(n), n) for n in value.nodes)
     return list(found.values())
 
 
@@ -168,3 +174,39 @@ def _shared_node_guard(request):
     if shared.crashed:
         pytest.fail(f"shared sluice node on {shared.bootstrap} exited by itself with code "
                     f"{shared.proc.returncode} during this test", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, request):
+    label = re.sub(r"[^\w.-]+", "_", Path(request.node.name).stem)[:40]
+    c = SluiceCluster(tmp_path_factory.mktemp(f"{label}-cluster", numbered=True),
+                      binary=_require_binary(), overrides=_marker_overrides(request.node))
+    try:
+        c.start()
+    except BaseException:
+        c.kill_all()
+        raise
+    yield c
+    problems = c.teardown()
+    if problems:
+        pytest.fail("\n\n".join(problems), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _cluster_guard(request):
+    """For tests on `cluster`: start again every node an earlier test left down (killed, or
+    crashed: that test has already failed) and wait until the cluster is ready; fail the test
+    during which a node exited without the harness stopping it."""
+    if "cluster" not in request.fixturenames:
+        yield
+        return
+    c: SluiceCluster = request.getfixturevalue("cluster")
+    down = [n.node_id for n in c.nodes if not n.alive]
+    if down:
+        c.start_nodes(down)
+    yield
+    crashed = [n for n in c.nodes if n.crashed]
+    if crashed:
+        pytest.fail("; ".join(f"cluster node {n.node_id} ({n.bootstrap}) exited by itself with "
+                              f"code {n.proc.returncode} during this test" for n in crashed),
+                    pytrace=False)

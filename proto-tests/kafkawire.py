@@ -3,7 +3,9 @@
 It exists for two jobs: the harness's readiness check (does the node answer ApiVersions?) and
 bad-input tests that need to send what no well-behaved client sends (unknown versions, truncated
 frames, garbage). It builds request headers v0/v1/v2, ApiVersions (any version, including ones
-the broker does not know) and Metadata v0-v13 by hand, and parses their responses.
+the broker does not know), Metadata v0-v13 and CreateTopics v2-v7 by hand, and parses their
+responses. (CreateTopics is here so that scripts outside the venv, scripts/bench, can create a
+topic with a replication factor.)
 
 Standard library only, so scripts outside the venv (librdkafka/run-suite) can use it too.
 
@@ -33,6 +35,7 @@ CREATE_TOPICS = 19
 NONE = 0
 CORRUPT_MESSAGE = 2
 UNSUPPORTED_VERSION = 35
+TOPIC_ALREADY_EXISTS = 36
 INVALID_REQUEST = 42
 
 # First flexible (KIP-482) version of each request, from Kafka 4.x's message definitions.
@@ -197,6 +200,41 @@ def metadata_request(version: int, topics: list[str] | None = None,
     if version >= 8:
         w.boolean(include_topic_authorized_operations)
     if flexible:
+        w.empty_tagged_fields()
+    return w.bytes()
+
+
+def create_topics_request(version: int, topics: list["NewTopic"], timeout_ms: int = 60000,
+                          validate_only: bool = False) -> bytes:
+    """CreateTopics request body, v2-v7 (the versions Kafka 4.x keeps)."""
+    if not 2 <= version <= 7:
+        raise ValueError(f"CreateTopics v{version}: only v2-v7 are built here")
+    w = Writer()
+    flex = version >= 5
+    string = w.compact_string if flex else w.string
+    alen = w.compact_array_len if flex else w.array_len
+    alen(len(topics))
+    for t in topics:
+        string(t.name)
+        w.int32(t.num_partitions).int16(t.replication_factor)
+        alen(len(t.assignments))
+        for partition, brokers in sorted(t.assignments.items()):
+            w.int32(partition)
+            alen(len(brokers))
+            for b in brokers:
+                w.int32(b)
+            if flex:
+                w.empty_tagged_fields()
+        alen(len(t.configs))
+        for key, value in t.configs.items():
+            string(key)
+            string(value)
+            if flex:
+                w.empty_tagged_fields()
+        if flex:
+            w.empty_tagged_fields()
+    w.int32(timeout_ms).boolean(validate_only)
+    if flex:
         w.empty_tagged_fields()
     return w.bytes()
 
@@ -419,6 +457,60 @@ def parse_metadata_response(body: bytes, version: int) -> MetadataResponse:
     return MetadataResponse(throttle, brokers, cluster_id, controller_id, topics, error_code)
 
 
+@dataclass
+class NewTopic:
+    """A topic to create: -1 partitions or replication factor = the broker's default;
+    `assignments` maps a partition to its replicas (then both counts must be -1)."""
+    name: str
+    num_partitions: int = -1
+    replication_factor: int = -1
+    assignments: dict[int, list[int]] = field(default_factory=dict)
+    configs: dict[str, str | None] = field(default_factory=dict)
+
+
+@dataclass
+class CreatedTopic:
+    name: str
+    error_code: int
+    error_message: str | None
+    topic_id: uuid.UUID | None = None
+    num_partitions: int = -1       # v5+
+    replication_factor: int = -1   # v5+
+
+
+@dataclass
+class CreateTopicsResponse:
+    throttle_time_ms: int
+    topics: list[CreatedTopic]
+
+    def topic(self, name: str) -> CreatedTopic | None:
+        return next((t for t in self.topics if t.name == name), None)
+
+
+def parse_create_topics_response(body: bytes, version: int) -> CreateTopicsResponse:
+    """Parse a CreateTopics response body, v2-v7 (per-topic configs are read and dropped)."""
+    r = Reader(body)
+    flex = version >= 5
+    throttle = r.int32()
+    topics = []
+    for _ in range(r.len_(flex) or 0):
+        name = r.str_(flex)
+        topic_id = r.uuid() if version >= 7 else None
+        t = CreatedTopic(name, r.int16(), r.str_(flex), topic_id)
+        if version >= 5:
+            t.num_partitions, t.replication_factor = r.int32(), r.int16()
+            for _ in range(r.len_(flex) or 0):  # configs: name, value, read_only, source, sensitive
+                r.str_(flex), r.str_(flex), r.boolean(), r.int8(), r.boolean()
+                r.tagged_fields()
+            r.tagged_fields()  # topic_config_error_code rides here (tag 0)
+        topics.append(t)
+    if flex:
+        r.tagged_fields()
+    if r.remaining():
+        raise WireError(f"{r.remaining()} trailing bytes after CreateTopics v{version} response")
+    return CreateTopicsResponse(throttle, topics)
+
+
 # --------------------------------------------------------------------------- connection
 
 
@@ -516,6 +608,14 @@ class Connection:
         body = self.request(METADATA, version,
                             metadata_request(version, topics, allow_auto_topic_creation), timeout)
         return parse_metadata_response(body, version)
+
+    def create_topics(self, version: int, topics: list[NewTopic], timeout_ms: int = 60000,
+                      validate_only: bool = False,
+                      timeout: float | None = None) -> CreateTopicsResponse:
+        body = self.request(CREATE_TOPICS, version,
+                            create_topics_request(version, topics, timeout_ms, validate_only),
+                            timeout)
+        return parse_create_topics_response(body, version)
 
     def closed_by_peer(self, timeout: float = 5.0) -> bool:
         """True if the peer closes the connection (EOF or reset) within `timeout`, discarding

@@ -43,3 +43,22 @@ def assert_stored_by_librdkafka(node, topic: str, codec: str, partition: int = 0
     wrong = [(c, n) for c, n in batches
              if c != wanted and not (c == 0 and n <= SMALL_BATCH_RECORDS)]
     assert not wrong, f"batches stored with another codec than {codec}: {wrong[:5]}"
+
+
+def stored_batch_headers(node, topic: str, partition: int = 0) -> list[tuple[int, int, int, int]]:
+    """(base offset, last offset delta, partition leader epoch, CRC) of every batch in the
+    partition's segment files, in file order: what replicas of a partition must agree on
+    (their logs are the same batches at the same offsets). Stops at a header that is not a
+    magic-2 batch (a torn tail or unwritten space)."""
+    out = []
+    for segment in sorted((node.data_dir / f"{topic}-{partition}").glob("*.log")):
+        data = segment.read_bytes()
+        pos = 0
+        while pos + 61 <= len(data):
+            base, length, epoch, magic, crc = struct.unpack_from(">qiibI", data, pos)
+            if length < 49 or magic != 2 or pos + 12 + length > len(data):
+                break
+            (last_delta,) = struct.unpack_from(">i", data, pos + 23)
+            out.append((base, last_delta, epoch, crc))
+            pos += 12 + length
+    return out

@@ -263,8 +263,23 @@ class SluiceNode:
         self._ended_by_harness = True
         if not clean:
             return self._reap(signal.SIGKILL)
-        timeout = self.stop_timeout if timeout is None else timeout
+        self.begin_stop()
+        return self.finish_stop(timeout)
+
+    def begin_stop(self) -> None:
+        """The first half of stop(clean=True): send SIGTERM and return at once, so several
+        nodes (a cluster) can shut down together. finish_stop() waits."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self._ended_by_harness = True
         self.proc.send_signal(signal.SIGTERM)
+
+    def finish_stop(self, timeout: float | None = None) -> int | None:
+        """The second half of stop(clean=True): wait for the exit after begin_stop(); SIGKILL
+        and raise NodeError if it takes longer than `timeout`. Returns the exit code."""
+        if self.proc is None:
+            return None
+        timeout = self.stop_timeout if timeout is None else timeout
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -123,3 +123,44 @@ def test_varints_round_trip():
 def test_reader_reports_underflow():
     with pytest.raises(kw.WireError, match="underflow"):
         kw.Reader(b"\x00\x05ab").string()
+
+
+@pytest.mark.parametrize("version", range(2, 8))
+def test_create_topics_request_matches_kafka_python(version):
+    from kafka.protocol.admin import CreateTopicsRequest as Req
+    T = Req.CreatableTopic
+    ref = Req(topics=[
+        T(name="rf3", num_partitions=3, replication_factor=3, assignments=[], configs=[
+            T.CreatableTopicConfig(name="retention.ms", value="1000"),
+            T.CreatableTopicConfig(name="cleanup.policy", value=None)]),
+        T(name="placed", num_partitions=-1, replication_factor=-1, configs=[], assignments=[
+            T.CreatableReplicaAssignment(partition_index=0, broker_ids=[1, 2, 3]),
+            T.CreatableReplicaAssignment(partition_index=1, broker_ids=[2])]),
+    ], timeout_ms=30000, validate_only=True)
+    ref.with_header(correlation_id=11, client_id="kafkawire")
+    mine = kw.request_header(kw.CREATE_TOPICS, version, 11) + kw.create_topics_request(
+        version, [kw.NewTopic("rf3", 3, 3, configs={"retention.ms": "1000", "cleanup.policy": None}),
+                  kw.NewTopic("placed", assignments={0: [1, 2, 3], 1: [2]})],
+        timeout_ms=30000, validate_only=True)
+    assert mine == ref.encode(version=version, header=True)
+
+
+@pytest.mark.parametrize("version", range(2, 8))
+def test_create_topics_response_parses_kafka_python_encoding(version):
+    from kafka.protocol.admin import CreateTopicsResponse as Resp
+    T = Resp.CreatableTopicResult
+    resp = Resp(throttle_time_ms=4, topics=[
+        T(name="ok", topic_id=uuid.UUID(int=7), error_code=0, error_message=None,
+          num_partitions=3, replication_factor=3, configs=[
+              T.CreatableTopicConfigs(name="retention.ms", value="1000", read_only=False,
+                                      config_source=5, is_sensitive=False)]),
+        T(name="dup", topic_id=uuid.UUID(int=0), error_code=kw.TOPIC_ALREADY_EXISTS,
+          error_message="exists", num_partitions=-1, replication_factor=-1, configs=None),
+    ])
+    c = kw.parse_create_topics_response(resp.encode(version=version), version)
+    assert c.throttle_time_ms == 4
+    ok, dup = c.topic("ok"), c.topic("dup")
+    assert (ok.error_code, ok.error_message) == (0, None)
+    assert (dup.error_code, dup.error_message) == (kw.TOPIC_ALREADY_EXISTS, "exists")
+    assert (ok.num_partitions, ok.replication_factor) == ((3, 3) if version >= 5 else (-1, -1))
+    assert ok.topic_id == (uuid.UUID(int=7) if version >= 7 else None)

@@ -6,6 +6,10 @@ Load comes from librdkafka's rdkafka_performance (built by scripts/setup-proto-t
 sluice-loadgen (crates/loadgen) where one rdkafka_performance process cannot saturate a broker.
 Every load process is bounded in messages and in seconds, and talks only to 127.0.0.1.
 
+The rf3-* scenarios start three Sluice nodes as one cluster on 127.0.0.1-3 (racks az-a/b/c,
+proto-tests/sluicecluster.py, the same CLI the cluster tests use) and load node 1; their CPU
+and RSS figures are sums over the three processes.
+
 Per run it records: msgs/s, MB/s (values, 10^6 B), latency percentiles where the scenario
 measures them, the broker's CPU seconds (utime+stime from /proc/<pid>/stat, all threads), its
 peak RSS (VmHWM) and idle RSS (VmRSS 1 s after start), the 1-minute load average before the run,
@@ -33,6 +37,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "proto-tests"))
+from sluicecluster import SluiceCluster  # noqa: E402  (standard library only, like kafkawire)
+from sluicenode import NodeError  # noqa: E402
 TARGET = ROOT / "target"
 RUN_DIR = TARGET / "bench-run"
 PEER_DIR = TARGET / "bench-peer"
@@ -295,6 +302,9 @@ class Broker:
     def hwm_kb(self):
         return proc_status_kb(self.proc.pid, "VmHWM")
 
+    def write_bytes(self):
+        return proc_write_bytes(self.proc.pid)
+
     def alive(self):
         return self.proc.poll() is None
 
@@ -312,6 +322,92 @@ class Broker:
             self.log.close()
         if not keep_data:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ClusterBroker:
+    """Three Sluice nodes as one cluster (sluicecluster.py: node i on 127.0.0.i, rack az-*,
+    every node given the full --peer list), behind Broker's interface. Clients are pointed at
+    node 1; CPU, RSS and written bytes are sums over the three processes."""
+
+    kind = "sluice"
+
+    def __init__(self, tag, overrides=(), size=3):
+        self.tag, self.overrides, self.size = tag, list(overrides), size
+        self.dir = RUN_DIR / "data" / tag
+        self.cluster = None
+        self.stop_error = None
+
+    def start(self, idle_wait):
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        settle_disk(self.dir)
+        self.cluster = SluiceCluster(self.dir, size=self.size, binary=SLUICE,
+                                     overrides=self.overrides, env={"RUST_LOG": "warn"},
+                                     log_dir=RUN_DIR / "logs", log_prefix=f"{self.tag}.",
+                                     ready_timeout=60)
+        try:
+            self.cluster.start()  # bounded: ready within 60 s or NodeError
+        finally:
+            LIVE.extend(n.proc for n in self.cluster.nodes if n.proc is not None)
+        time.sleep(idle_wait)
+        self.idle_rss_kb = sum(proc_status_kb(p, "VmRSS") for p in self.pids())
+        return self
+
+    def pids(self):
+        return [n.pid for n in self.cluster.nodes]
+
+    @property
+    def addr(self):
+        return self.cluster.node(1).bootstrap
+
+    def create_topic(self, topic, partitions, replication_factor):
+        """CreateTopics on the controller, then wait until every node reports each partition
+        with all replicas in sync and one leader. Returns {partition: Metadata partition}."""
+        self.cluster.create_topic(topic, partitions, replication_factor, timeout=60)
+        settled = self.cluster.wait_settled(topic, partitions, replication_factor, timeout=60)
+        self.leaders = sorted({p.leader_id for p in settled.values()})
+        return settled
+
+    def cpu(self):
+        return sum(proc_cpu(p) for p in self.pids())
+
+    def node_cpu(self):
+        return [proc_cpu(p) for p in self.pids()]
+
+    def hwm_kb(self):
+        return sum(self.node_hwm_kb())
+
+    def node_hwm_kb(self):
+        return [proc_status_kb(p, "VmHWM") for p in self.pids()]
+
+    def write_bytes(self):
+        return sum(proc_write_bytes(p) for p in self.pids())
+
+    def alive(self):
+        return all(n.alive for n in self.cluster.nodes)
+
+    def stop(self, keep_data=False):
+        if self.cluster is not None:
+            try:
+                self.cluster.stop()
+            except NodeError as e:
+                self.stop_error = str(e).splitlines()[0]
+            finally:
+                self.cluster.kill_all()
+                for n in self.cluster.nodes:
+                    if n.proc in LIVE:
+                        LIVE.remove(n.proc)
+        if not keep_data:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def has_cluster_mode(binary):
+    """Whether this sluice binary takes --peer (cluster mode), from its --help."""
+    try:
+        out = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "--peer" in out.stdout
 
 
 # ----------------------------------------------------------------------------- tools
@@ -600,12 +696,16 @@ def scenarios():
         Scenario("half-100B-all-p1-lg", "half-lg", 100, "-1", 1, 1, records=1000,
                  base="lg-produce-100B-all-p1-c1", seconds=10,
                  what="sluice-loadgen --rate at half the max of its base"),
-        Scenario("rf3-100B-all-p1", "rf3", what="three nodes, RF=3"),
+        Scenario("rf3-100B-all-p1", "rf3", 100, "-1", 1, 1, full=20_000_000, quick=200_000,
+                 what="three nodes on 127.0.0.1-3, RF=3: rdkafka_performance to node 1, "
+                      "acks=all, 100 B, 1 partition"),
     ]
     return out
 
 
 E2E_RATE = 100_000
+# What rf3-100B-all-p1 is compared with (issue 6: at least half of it), when run before it.
+SINGLE_NODE_BASE = "produce-100B-a1-p1-x1"
 
 
 class Runner:
@@ -619,20 +719,27 @@ class Runner:
         tag = f"{sc.name}.{kind}"
         res = {"scenario": sc.name, "broker": kind}
         if sc.kind == "rf3":
-            res["skip"] = "not available: the broker does not use replication yet (replication layer alone: crates/replication/examples/raft_probe, docs/benchmarks.md)"
-            return res
-        broker = Broker(kind, self.bins, tag, self.args.sluice_override if kind == "sluice" else ())
+            if not has_cluster_mode(SLUICE):
+                res["skip"] = (f"not available: {SLUICE.name} takes no --peer (cluster mode); "
+                               "replication layer alone: crates/replication/examples/raft_probe")
+                return res
+            broker = ClusterBroker(tag, self.args.sluice_override)
+        else:
+            broker = Broker(kind, self.bins, tag,
+                            self.args.sluice_override if kind == "sluice" else ())
         try:
             broker.start(0.3 if self.quick else 1.0)
             res["idle_rss_mb"] = broker.idle_rss_kb / 1024
             res["load1"] = os.getloadavg()[0]
             self.prepare(sc, broker, tag)
             k0, (task0, irq0) = kthreads_cpu(), system_cpu()
-            d0, w0 = disk_written_bytes(RUN_DIR), proc_write_bytes(broker.proc.pid)
+            d0, w0 = disk_written_bytes(RUN_DIR), broker.write_bytes()
+            if isinstance(broker, ClusterBroker):
+                node_cpu0 = broker.node_cpu()
             cpu0, t0 = broker.cpu(), time.monotonic()
             children = self.load(sc, broker, tag, res)
             cpu1, t1 = broker.cpu(), time.monotonic()
-            d1, w1 = disk_written_bytes(RUN_DIR), proc_write_bytes(broker.proc.pid)
+            d1, w1 = disk_written_bytes(RUN_DIR), broker.write_bytes()
             k1, (task1, irq1) = kthreads_cpu(), system_cpu()
             if d0 is not None and d1 is not None:
                 # Disk writes the broker did not cause (others' builds, logs): disk noise.
@@ -642,6 +749,14 @@ class Runner:
                 raise RuntimeError("broker exited during the run")
             res["peak_rss_mb"] = broker.hwm_kb() / 1024
             res["cpu_s"] = cpu1 - cpu0
+            if isinstance(broker, ClusterBroker):
+                res["nodes"] = len(broker.pids())
+                res["leaders"] = broker.leaders
+                single = self.results.get((SINGLE_NODE_BASE, "sluice"))
+                if single and single.get("msgs_per_s") and res.get("msgs_per_s"):
+                    res["vs_single_a1"] = res["msgs_per_s"] / single["msgs_per_s"]
+                res["node_peak_rss_mb"] = [kb / 1024 for kb in broker.node_hwm_kb()]
+                res["node_cpu_s"] = [b - a for a, b in zip(node_cpu0, broker.node_cpu())]
             clients = sum(c.cpu for c in children)
             res["client_cpu_s"] = clients
             machine = (t1 - t0) * NCPU
@@ -650,10 +765,14 @@ class Runner:
             res["kernel_pct"] = ((k1 - k0) + (irq1 - irq0)) / machine * 100
             if res.get("msgs"):
                 res["cpu_us_per_msg"] = res["cpu_s"] / res["msgs"] * 1e6
+        except NodeError as e:  # the first line says what; the node logs follow it
+            res["error"] = str(e).strip().splitlines()[0][:200] + f" (logs in {RUN_DIR}/logs)"
         except Exception as e:  # noqa: BLE001 - reported in the table, fails the run for Sluice
             res["error"] = str(e).strip().splitlines()[-1][:160] if str(e).strip() else repr(e)
         finally:
             broker.stop()
+            if getattr(broker, "stop_error", None) and not res.get("error"):
+                res["error"] = f"unclean stop: {broker.stop_error}"
         return res
 
     def create_topic(self, broker, topic, partitions, tag):
@@ -664,6 +783,9 @@ class Runner:
             raise RuntimeError(f"create-topic failed: {c.text().strip().splitlines()[-1]}")
 
     def prepare(self, sc, broker, tag):
+        if isinstance(broker, ClusterBroker):
+            broker.create_topic("bench", sc.partitions, broker.size)
+            return
         self.create_topic(broker, "bench", sc.partitions, tag)
         if sc.kind.startswith("consume"):
             n = sc.count(self.quick)
@@ -679,7 +801,7 @@ class Runner:
         logs = RUN_DIR / "logs"
         n = sc.count(self.quick)
         secs = min(sc.seconds, 5) if self.quick else sc.seconds
-        if sc.kind == "rdk":
+        if sc.kind in ("rdk", "rf3"):
             per = max(1, n // sc.producers)
             kids = [Child(f"p{i}", rdk_producer(broker.addr, "bench", sc.size, per, sc.acks,
                                                 0 if sc.partitions == 1 else None),
@@ -900,6 +1022,13 @@ def note(r):
                      f"cpu µs/msg {clo:.3f}..{chi:.3f}")
         if r.get("p99_range"):
             parts.append(f"p99 {r['p99_range'][0] / 1000:.2f}..{r['p99_range'][1] / 1000:.2f} ms")
+    if r.get("nodes"):
+        peaks = "/".join(f"{m:.0f}" for m in r.get("node_peak_rss_mb", []))
+        cpus = "/".join(f"{c:.2f}" for c in r.get("node_cpu_s", []))
+        parts.append(f"{r['nodes']} nodes, cpu and rss summed (per node: cpu {cpus} s, peak "
+                     f"{peaks} MB), leader node {','.join(map(str, r.get('leaders', [])))}")
+        if r.get("vs_single_a1"):
+            parts.append(f"{r['vs_single_a1']:.2f}x {SINGLE_NODE_BASE}")
     if r.get("offered"):
         parts.append(f"offered {fmt_rate(r['offered'])}/s")
     if r.get("lat_what"):
@@ -1033,7 +1162,13 @@ def main():
                     help="run each scenario N times per broker (alternating), report the median")
     ap.add_argument("--sluice-override", action="append", default=[], metavar="KEY=VALUE",
                     help="pass --override KEY=VALUE to every Sluice broker")
+    ap.add_argument("--sluice-bin", metavar="PATH",
+                    help="run this sluice binary instead of target/release/sluice (no build of "
+                         "it; for checking the harness against another build)")
     args = ap.parse_args()
+    if args.sluice_bin:
+        global SLUICE
+        SLUICE = Path(args.sluice_bin).resolve()
 
     all_sc = scenarios()
     if args.list:
@@ -1090,7 +1225,7 @@ def main():
         if "tansu" in bins and (peer_mode == "all" or sc.name in peer_some) and sc.kind != "rf3":
             kinds = ["sluice", "tansu"]
         runs = {k: [] for k in kinds}
-        reps = 1 if sc.kind == "rf3" else args.repeat
+        reps = args.repeat
         for rep in range(reps):
             # Alternate which broker goes first so neither always gets the warmer machine.
             order_now = kinds if (i + rep) % 2 == 0 else list(reversed(kinds))
@@ -1118,14 +1253,16 @@ def main():
     rows = rows_for(runner.results, order)
     print()
     built = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(SLUICE.stat().st_mtime))
-    print(f"Sluice {SLUICE.relative_to(ROOT)} built {built} from {runner_source} (flush policy: "
+    shown = SLUICE.relative_to(ROOT) if SLUICE.is_relative_to(ROOT) else SLUICE
+    print(f"Sluice {shown} built {built} from {runner_source} (flush policy: "
           f"{', '.join(args.sluice_override) or 'default, flush.messages=1'}); "
           f"peer: {peer_note}; mode: {'quick' if args.quick else 'full'}")
     if lim:
         print("Machine: " + limits_text(lim))
     print("Columns: msgs/s '~' = stopped by its time bound before its message count; MB/s = "
           "message values, 10^6 B; latency in ms; cpu = broker CPU s during the load; "
-          "rss = broker VmRSS 1 s after start / VmHWM at the end; load1 = 1-min load average "
+          "rss = broker VmRSS 1 s after start / VmHWM at the end (rf3-*: cpu and rss summed "
+          "over the three nodes); load1 = 1-min load average "
           "before the run; others = CPU of unrelated user processes in % of the machine / MB "
           "written to the data disk beyond the broker's own write() bytes (other processes, "
           "plus the broker's fsyncs rewriting a log's partial last page); S/P = Sluice/peer "

@@ -143,8 +143,8 @@ pub struct Cluster {
     quorum: Option<Quorum>,
     /// Serializes reconciliation with the metadata image.
     reconciling: tokio::sync::Mutex<()>,
-    /// The task following the metadata image (multi-node).
-    follower: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Tasks following the metadata image and publishing partition state (multi-node).
+    background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Cluster {
@@ -201,7 +201,7 @@ impl Cluster {
             producer_ids: Mutex::new(ProducerIdBlock { next: 0, end: 0 }),
             quorum: Some(quorum),
             reconciling: tokio::sync::Mutex::new(()),
-            follower: Mutex::new(None),
+            background: Mutex::new(Vec::new()),
         });
         cluster
             .reconcile()
@@ -222,7 +222,8 @@ impl Cluster {
         }
         cluster.logs.start_background();
         let follower = tokio::spawn(follow_image(Arc::clone(&cluster)));
-        *lock(&cluster.follower) = Some(follower);
+        let publisher = tokio::spawn(publish_partition_states(Arc::clone(&cluster)));
+        lock(&cluster.background).extend([follower, publisher]);
         info!(
             topics = image.topics.len(),
             cluster_id = %image.cluster_id,
@@ -363,19 +364,72 @@ impl Cluster {
         self.quorum.is_some()
     }
 
-    /// A partition's leader, leader epoch and ISR as clients should see them: live from the
-    /// replica hosted here, else the image's placement (the preferred replica).
+    /// A partition's leader, leader epoch and ISR as clients should see them. Leaders publish
+    /// their state to the metadata group (below), so every node answers alike from its image;
+    /// a replica hosted here that knows a newer leader epoch than the image (the new leader's
+    /// report is under way) answers from what it knows.
     pub fn partition_view(&self, topic: &str, info: &PartitionInfo) -> PartitionInfo {
-        match self.partition(topic, info.index) {
-            Some(p) => PartitionInfo {
-                index: info.index,
-                leader: p.leader(self.config.node_id).unwrap_or(-1),
+        let Some(p) = self.partition(topic, info.index) else {
+            return info.clone();
+        };
+        if self.quorum.is_none() {
+            return PartitionInfo {
+                leader: self.config.node_id,
                 leader_epoch: p.leader_epoch(),
-                replicas: info.replicas.clone(),
-                isr: p.in_sync_replicas(self.config.node_id),
-            },
-            None => info.clone(),
+                isr: vec![self.config.node_id],
+                ..info.clone()
+            };
         }
+        let epoch = p.leader_epoch();
+        match p.leader(self.config.node_id) {
+            Some(leader) if epoch > info.leader_epoch => PartitionInfo {
+                leader,
+                leader_epoch: epoch,
+                isr: if p.is_leader() {
+                    p.in_sync_replicas(self.config.node_id)
+                } else {
+                    info.isr.clone()
+                },
+                ..info.clone()
+            },
+            _ => info.clone(),
+        }
+    }
+
+    /// What this node, as leader, should publish for a partition: `Some` when the image's
+    /// leader, epoch or ISR differ from the live ones.
+    fn state_to_publish(&self, topic: &TopicInfo, info: &PartitionInfo) -> Option<MetadataCommand> {
+        let p = self.partition(&topic.name, info.index)?;
+        if !p.is_leader() {
+            return None;
+        }
+        let live: std::collections::BTreeSet<i32> = p
+            .in_sync_replicas(self.config.node_id)
+            .into_iter()
+            .collect();
+        // In replica order, as Kafka lists it.
+        let isr: Vec<i32> = info
+            .replicas
+            .iter()
+            .copied()
+            .filter(|r| live.contains(r))
+            .collect();
+        let epoch = p.leader_epoch();
+        let same = info.leader == self.config.node_id
+            && info.leader_epoch == epoch
+            && info
+                .isr
+                .iter()
+                .copied()
+                .collect::<std::collections::BTreeSet<_>>()
+                == isr.iter().copied().collect();
+        (!same).then(|| MetadataCommand::SetPartitionState {
+            topic: topic.name.clone(),
+            partition: info.index,
+            leader: self.config.node_id,
+            leader_epoch: epoch,
+            isr,
+        })
     }
 
     /// Commits a metadata change: the store then the image here, or through the metadata
@@ -556,7 +610,7 @@ impl Cluster {
             producer_ids: Mutex::new(producer_ids),
             quorum: None,
             reconciling: tokio::sync::Mutex::new(()),
-            follower: Mutex::new(None),
+            background: Mutex::new(Vec::new()),
         })
     }
 
@@ -1206,8 +1260,8 @@ impl Cluster {
 
     /// Closes every log cleanly (flush and checkpoint) so the next start needs no recovery.
     pub async fn shutdown(&self) -> anyhow::Result<()> {
-        if let Some(follower) = lock(&self.follower).take() {
-            follower.abort();
+        for task in lock(&self.background).drain(..) {
+            task.abort();
         }
         if let Some(q) = &self.quorum {
             let hosted: Vec<Arc<Partition>> = read(&self.state)
@@ -1320,7 +1374,11 @@ impl Cluster {
                 }
             }
             // A single node names itself and hands out producer ids from its store.
-            MetadataCommand::InitCluster { .. } | MetadataCommand::ReserveProducerIds { .. } => {}
+            // A single node names itself, hands out producer ids from its store and leads
+            // every partition itself.
+            MetadataCommand::InitCluster { .. }
+            | MetadataCommand::ReserveProducerIds { .. }
+            | MetadataCommand::SetPartitionState { .. } => {}
             MetadataCommand::SetBrokerConfigs { .. } => {
                 for (name, hosted) in &state.partitions {
                     let configs = image
@@ -1399,6 +1457,43 @@ fn assign(order: &[i32], start: usize, first: i32, count: i32, rf: i16) -> Vec<P
             }
         })
         .collect()
+}
+
+/// How often a leader compares its partitions' live state with the image.
+const PUBLISH_EVERY: Duration = Duration::from_millis(500);
+
+/// Publishes, for every partition this node leads, its leadership and ISR to the metadata
+/// group when they differ from the image (Kafka's AlterPartition), so every node's Metadata
+/// answers the same leader, epoch and ISR. The ISR depends on time (followers age out of it),
+/// so it is re-evaluated every [`PUBLISH_EVERY`].
+async fn publish_partition_states(cluster: Arc<Cluster>) {
+    let Some(quorum) = &cluster.quorum else {
+        return;
+    };
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(PUBLISH_EVERY).await;
+        let image = cluster.image();
+        let changes: Vec<MetadataCommand> = image
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.iter().map(move |p| (t, p)))
+            .filter_map(|(t, p)| cluster.state_to_publish(t, p))
+            .collect();
+        for change in changes {
+            match quorum.metadata.propose(&change).await {
+                Ok(()) => failing = false,
+                Err(e) => {
+                    // The controller is being elected or unreachable: retried next round.
+                    if !failing {
+                        warn!(error = %e, "cannot publish partition leadership and ISR; retrying");
+                    }
+                    failing = true;
+                    break;
+                }
+            }
+        }
+    }
 }
 
 fn metadata_error(e: MetadataError) -> AdminError {

@@ -174,8 +174,8 @@ pub struct PeerConfig {
     pub kafka_host: String,
     /// Its port.
     pub kafka_port: u16,
-    /// The node-to-node (Raft) address.
-    pub raft_addr: SocketAddr,
+    /// The node-to-node (Raft) address, `host:port`; resolved whenever a connection is made.
+    pub raft_addr: String,
     /// `broker.rack`.
     pub rack: Option<String>,
 }
@@ -194,12 +194,8 @@ impl PeerConfig {
             bail!(usage());
         }
         let (kafka_host, kafka_port) = split_host_port(kafka).with_context(usage)?;
-        use std::net::ToSocketAddrs;
-        let raft_addr = raft
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next())
-            .with_context(|| format!("--peer '{spec}': cannot resolve the Raft address {raft}"))?;
+        split_host_port(raft).with_context(usage)?;
+        let raft_addr = raft.to_string();
         Ok(PeerConfig {
             node_id,
             kafka_host,
@@ -500,7 +496,7 @@ mod tests {
             .map(|s| PeerConfig::parse(s).unwrap())
             .collect();
         assert_eq!(peers[2].rack, None);
-        assert_eq!(peers[1].raft_addr, "127.0.0.2:9093".parse().unwrap());
+        assert_eq!(peers[1].raft_addr, "127.0.0.2:9093");
         let base = || {
             BrokerConfig::new(
                 2,

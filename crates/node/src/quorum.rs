@@ -49,7 +49,7 @@ impl Quorum {
             .find(|p| p.node_id == config.node_id)
             .context("this node is not among its peers")?;
         let node_id = u64::try_from(config.node_id).context("node ids are not negative")?;
-        let listener = TcpListener::bind(me.raft_addr)
+        let listener = TcpListener::bind(me.raft_addr.as_str())
             .await
             .with_context(|| format!("cannot listen for peers on {}", me.raft_addr))?;
         let peers = Arc::new(Peers::default());
@@ -58,7 +58,7 @@ impl Quorum {
             let id = u64::try_from(p.node_id).context("node ids are not negative")?;
             voters.insert(id);
             if id != node_id {
-                peers.set(id, p.raft_addr);
+                peers.set(id, &p.raft_addr);
             }
         }
         let server = RaftServer::default();

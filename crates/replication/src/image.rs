@@ -121,6 +121,21 @@ pub enum MetadataCommand {
         /// Kafka-style cluster id.
         cluster_id: String,
     },
+    /// A partition leader's report of its leadership and ISR (Kafka's AlterPartition), so
+    /// every node answers Metadata alike. Applied only if `leader_epoch` is not older than
+    /// what the image has.
+    SetPartitionState {
+        /// Topic name.
+        topic: String,
+        /// Partition index.
+        partition: i32,
+        /// The leader's node id.
+        leader: i32,
+        /// Its leader epoch (Raft term).
+        leader_epoch: i32,
+        /// In-sync replicas, in replica order.
+        isr: Vec<i32>,
+    },
     /// Reserves the next `count` producer ids for `node` (its InitProducerId answers).
     ReserveProducerIds {
         /// The node reserving.
@@ -163,6 +178,24 @@ impl ClusterImage {
             MetadataCommand::InitCluster { cluster_id } => {
                 if self.cluster_id.is_empty() {
                     self.cluster_id = cluster_id.clone();
+                }
+            }
+            MetadataCommand::SetPartitionState {
+                topic,
+                partition,
+                leader,
+                leader_epoch,
+                isr,
+            } => {
+                if let Some(t) = self.topics.get_mut(topic)
+                    && let Some(p) = usize::try_from(*partition)
+                        .ok()
+                        .and_then(|i| Arc::make_mut(t).partitions.get_mut(i))
+                    && *leader_epoch >= p.leader_epoch
+                {
+                    p.leader = *leader;
+                    p.leader_epoch = *leader_epoch;
+                    p.isr = isr.clone();
                 }
             }
             MetadataCommand::ReserveProducerIds { node, count } => {
@@ -214,5 +247,40 @@ mod tests {
             partitions: vec![],
         });
         assert!(image.topics.is_empty());
+    }
+
+    #[test]
+    fn first_creation_wins_and_partition_state_never_goes_back_an_epoch() {
+        let mut image = ClusterImage::default();
+        image.apply(&MetadataCommand::CreateTopic(topic("orders", 1)));
+        let mut other = topic("orders", 3);
+        other.id = Uuid::from_u128(8);
+        image.apply(&MetadataCommand::CreateTopic(other));
+        assert_eq!(image.topics["orders"].id, Uuid::from_u128(7));
+        let state = |leader, leader_epoch, isr: &[i32]| MetadataCommand::SetPartitionState {
+            topic: "orders".into(),
+            partition: 0,
+            leader,
+            leader_epoch,
+            isr: isr.to_vec(),
+        };
+        image.apply(&state(2, 5, &[2, 1]));
+        image.apply(&state(1, 4, &[1]));
+        let p = &image.topics["orders"].partitions[0];
+        assert_eq!(
+            (p.leader, p.leader_epoch, p.isr.clone()),
+            (2, 5, vec![2, 1])
+        );
+        image.apply(&state(2, 5, &[2]));
+        assert_eq!(image.topics["orders"].partitions[0].isr, vec![2]);
+        // A partition that does not exist is ignored.
+        image.apply(&MetadataCommand::SetPartitionState {
+            topic: "orders".into(),
+            partition: 9,
+            leader: 1,
+            leader_epoch: 9,
+            isr: vec![1],
+        });
+        assert_eq!(image.topics["orders"].partitions.len(), 1);
     }
 }

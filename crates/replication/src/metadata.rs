@@ -405,6 +405,23 @@ pub fn encode_command(command: &MetadataCommand) -> Vec<u8> {
             w.push(5);
             put_str(&mut w, cluster_id);
         }
+        MetadataCommand::SetPartitionState {
+            topic,
+            partition,
+            leader,
+            leader_epoch,
+            isr,
+        } => {
+            w.push(7);
+            put_str(&mut w, topic);
+            put_i32(&mut w, *partition);
+            put_i32(&mut w, *leader);
+            put_i32(&mut w, *leader_epoch);
+            put_u32(&mut w, isr.len());
+            for id in isr {
+                put_i32(&mut w, *id);
+            }
+        }
         MetadataCommand::ReserveProducerIds { node, count } => {
             w.push(6);
             put_i32(&mut w, *node);
@@ -492,6 +509,13 @@ pub fn decode_command(value: &[u8]) -> Result<MetadataCommand, String> {
         5 => MetadataCommand::InitCluster {
             cluster_id: r.string()?,
         },
+        7 => MetadataCommand::SetPartitionState {
+            topic: r.string()?,
+            partition: r.i32()?,
+            leader: r.i32()?,
+            leader_epoch: r.i32()?,
+            isr: r.ids()?,
+        },
         6 => MetadataCommand::ReserveProducerIds {
             node: r.i32()?,
             count: r.i64()?,
@@ -543,6 +567,13 @@ mod tests {
             MetadataCommand::ReserveProducerIds {
                 node: 2,
                 count: 1000,
+            },
+            MetadataCommand::SetPartitionState {
+                topic: "orders".into(),
+                partition: 1,
+                leader: 3,
+                leader_epoch: 7,
+                isr: vec![3, 1],
             },
         ]
     }

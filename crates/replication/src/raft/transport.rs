@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
@@ -273,7 +272,9 @@ struct Link {
 
 /// One peer: its address and its (lazily opened, reopened after failure) connection.
 pub struct PeerClient {
-    addr: SocketAddr,
+    /// `host:port`, resolved at every connection attempt (a peer's name may not resolve yet
+    /// when this node starts, or may move to another address when its container is recreated).
+    addr: String,
     link: tokio::sync::Mutex<Option<Arc<Link>>>,
     next_correlation: AtomicU64,
     /// Whether the last connection attempt succeeded: a change is logged once, not every
@@ -282,7 +283,7 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
-    fn new(addr: SocketAddr) -> Self {
+    fn new(addr: String) -> Self {
         PeerClient {
             addr,
             link: tokio::sync::Mutex::new(None),
@@ -296,7 +297,7 @@ impl PeerClient {
         if let Some(l) = guard.as_ref().filter(|l| l.alive.load(Ordering::Acquire)) {
             return Ok(Arc::clone(l));
         }
-        let stream = match TcpStream::connect(self.addr).await {
+        let stream = match TcpStream::connect(self.addr.as_str()).await {
             Ok(s) => {
                 if !self.reachable.swap(true, Ordering::AcqRel) {
                     tracing::info!(addr = %self.addr, "raft peer reachable again");
@@ -320,7 +321,8 @@ impl PeerClient {
             pending: Arc::clone(&pending),
             alive: Arc::clone(&alive),
         });
-        let addr = self.addr;
+        let addr = self.addr.clone();
+        let reader_addr = self.addr.clone();
         let writer_alive = Arc::clone(&alive);
         tokio::spawn(async move {
             if let Err(e) = write_frames(w, rx).await {
@@ -343,7 +345,7 @@ impl PeerClient {
                     Err(e) => break e.to_string(),
                 }
             };
-            tracing::debug!(%addr, %why, "raft peer connection ended");
+            tracing::debug!(addr = %reader_addr, %why, "raft peer connection ended");
             alive.store(false, Ordering::Release);
             // Dropping the waiters fails their calls; the next call reconnects.
             lock(&pending).clear();
@@ -387,7 +389,8 @@ pub struct Peers {
 
 impl Peers {
     /// Sets (or changes) a peer's address; a changed address gets a fresh connection.
-    pub fn set(&self, node: u64, addr: SocketAddr) {
+    pub fn set(&self, node: u64, addr: impl ToString) {
+        let addr = addr.to_string();
         let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());
         if peers.get(&node).is_some_and(|p| p.addr == addr) {
             return;
