@@ -830,8 +830,8 @@ impl Cluster {
             a.into_iter()
                 .map(|(index, replicas)| PartitionInfo {
                     index,
-                    leader: replicas.first().copied().unwrap_or(-1),
-                    leader_epoch: 0,
+                    leader: -1,
+                    leader_epoch: -1,
                     isr: replicas.clone(),
                     replicas,
                 })
@@ -994,8 +994,13 @@ impl Cluster {
                     .zip(current..)
                     .map(|(replicas, index)| PartitionInfo {
                         index,
-                        leader: replicas[0],
-                        leader_epoch: 0,
+                        // A replicated partition has no leader until its group elects one.
+                        leader: if self.quorum.is_some() {
+                            -1
+                        } else {
+                            replicas[0]
+                        },
+                        leader_epoch: if self.quorum.is_some() { -1 } else { 0 },
                         isr: replicas.clone(),
                         replicas,
                     })
@@ -1448,10 +1453,12 @@ fn assign(order: &[i32], start: usize, first: i32, count: i32, rf: i16) -> Vec<P
             let replicas: Vec<i32> = (0..usize::try_from(rf).unwrap_or(0))
                 .filter_map(|j| order.get((start + k as usize + j) % n).copied())
                 .collect();
+            // No leader until the group elects one and the winner publishes it: clients get
+            // LEADER_NOT_AVAILABLE and ask again, rather than a guess.
             PartitionInfo {
                 index: first + k,
-                leader: replicas.first().copied().unwrap_or(-1),
-                leader_epoch: 0,
+                leader: -1,
+                leader_epoch: -1,
                 isr: replicas.clone(),
                 replicas,
             }
@@ -1614,7 +1621,8 @@ mod tests {
             let racks: std::collections::BTreeSet<_> =
                 p.replicas.iter().map(|r| rack(*r)).collect();
             assert_eq!(racks.len(), 3, "partition {k}: {:?}", p.replicas);
-            *leaders.entry(p.leader).or_insert(0) += 1;
+            // Preferred leaders (the first replica) spread evenly.
+            *leaders.entry(p.replicas[0]).or_insert(0) += 1;
         }
         assert_eq!(leaders.len(), 6);
         assert!(leaders.values().all(|n| *n == 2), "{leaders:?}");

@@ -1,0 +1,280 @@
+//! Three nodes in one process, each with its own Kafka and Raft ports: what the replicated
+//! paths answer at the protocol level, exactly (real clients cover the rest in
+//! proto-tests/test_cluster.py). Admin requests work from any node (forwarded to the
+//! controller), a produce to a follower gets NOT_LEADER_OR_FOLLOWER, and the leader checks an
+//! idempotent producer's sequences before proposing: a resent batch gets its original offsets
+//! and is stored once, a gap is refused.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::Conn;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
+use kafka_protocol::messages::delete_records_request::{
+    DeleteRecordsPartition, DeleteRecordsRequest, DeleteRecordsTopic,
+};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{
+    ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
+};
+use kafka_protocol::messages::metadata_request::{MetadataRequest, MetadataRequestTopic};
+use kafka_protocol::messages::produce_request::{
+    PartitionProduceData, ProduceRequest, TopicProduceData,
+};
+use kafka_protocol::messages::produce_response::PartitionProduceResponse;
+use kafka_protocol::messages::{
+    ApiKey, InitProducerIdRequest, RequestKind, ResponseKind, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use sluice_node::Node;
+use sluice_node::config::{BrokerConfig, PeerConfig};
+use tokio::net::TcpListener;
+
+const TOPIC: &str = "replicated";
+const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+const POLICY_VIOLATION: i16 = 44;
+const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+
+fn name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_string()))
+}
+
+/// A port nothing listens on right now on 127.0.0.1 (the OS picks it).
+async fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+struct Cluster {
+    nodes: Vec<Node>,
+    addrs: Vec<std::net::SocketAddr>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+async fn start_three() -> Cluster {
+    let mut listeners = Vec::new();
+    let mut peers = Vec::new();
+    for id in 1..=3 {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let kafka = l.local_addr().expect("addr");
+        let raft = free_port().await;
+        peers.push(
+            PeerConfig::parse(&format!("{id}={kafka}/127.0.0.1:{raft}/az-{id}")).expect("peer"),
+        );
+        listeners.push(l);
+    }
+    let mut dirs = Vec::new();
+    let mut starts = Vec::new();
+    let mut addrs = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addr = l.local_addr().expect("addr");
+        let config = BrokerConfig::new(
+            i as i32 + 1,
+            &addr.to_string(),
+            None,
+            None,
+            dir.path().to_path_buf(),
+            BTreeMap::new(),
+        )
+        .expect("config")
+        .with_peers(peers.clone())
+        .expect("peers");
+        addrs.push(addr);
+        dirs.push(dir);
+        // Each start waits for a quorum of the metadata group, so they run together.
+        starts.push(tokio::spawn(Node::start_with_listener(config, l)));
+    }
+    let mut nodes = Vec::new();
+    for s in starts {
+        nodes.push(s.await.expect("start task").expect("node starts"));
+    }
+    Cluster {
+        nodes,
+        addrs,
+        _dirs: dirs,
+    }
+}
+
+/// (leader, ISR) of partition 0 as `conn`'s node reports it.
+async fn leader_of(conn: &mut Conn) -> (i32, Vec<i32>) {
+    let mut t = MetadataRequestTopic::default();
+    t.name = Some(name(TOPIC));
+    let mut req = MetadataRequest::default();
+    req.topics = Some(vec![t]);
+    let ResponseKind::Metadata(r) = conn
+        .call(ApiKey::Metadata, 12, RequestKind::Metadata(req))
+        .await
+    else {
+        panic!("wrong kind")
+    };
+    let p = &r.topics[0].partitions[0];
+    (p.leader_id.0, p.isr_nodes.iter().map(|b| b.0).collect())
+}
+
+async fn produce(conn: &mut Conn, batch: Bytes) -> PartitionProduceResponse {
+    let mut p = PartitionProduceData::default();
+    p.index = 0;
+    p.records = Some(batch);
+    let mut t = TopicProduceData::default();
+    t.name = name(TOPIC);
+    t.partition_data = vec![p];
+    let mut req = ProduceRequest::default();
+    req.acks = -1;
+    req.timeout_ms = 10_000;
+    req.topic_data = vec![t];
+    let ResponseKind::Produce(mut r) = conn
+        .call(ApiKey::Produce, 9, RequestKind::Produce(req))
+        .await
+    else {
+        panic!("wrong kind")
+    };
+    r.responses.remove(0).partition_responses.remove(0)
+}
+
+/// (error code, records bytes) of a fetch of partition 0 from offset 0.
+async fn fetch(conn: &mut Conn) -> (i16, usize) {
+    let mut p = FetchPartition::default();
+    p.partition = 0;
+    p.fetch_offset = 0;
+    p.partition_max_bytes = 1 << 20;
+    let mut t = FetchTopic::default();
+    t.topic = name(TOPIC);
+    t.partitions = vec![p];
+    let mut req = FetchRequest::default();
+    req.max_wait_ms = 0;
+    req.max_bytes = 1 << 20;
+    req.topics = vec![t];
+    let ResponseKind::Fetch(r) = conn.call(ApiKey::Fetch, 11, RequestKind::Fetch(req)).await else {
+        panic!("wrong kind")
+    };
+    let p = &r.responses[0].partitions[0];
+    (p.error_code, p.records.as_ref().map_or(0, Bytes::len))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicated_partitions_answer_from_the_leader_and_check_sequences_there() {
+    let cluster = start_three().await;
+    let mut conns = Vec::new();
+    for a in &cluster.addrs {
+        conns.push(Conn::connect(*a).await);
+    }
+
+    // CreateTopics sent to every node in turn until one answers: a non-controller forwards,
+    // so the first one already succeeds.
+    let mut topic = CreatableTopic::default();
+    topic.name = name(TOPIC);
+    topic.num_partitions = 1;
+    topic.replication_factor = 3;
+    let mut req = CreateTopicsRequest::default();
+    req.topics = vec![topic];
+    req.timeout_ms = 10_000;
+    let ResponseKind::CreateTopics(r) = conns[1]
+        .call(ApiKey::CreateTopics, 7, RequestKind::CreateTopics(req))
+        .await
+    else {
+        panic!("wrong kind")
+    };
+    assert_eq!(r.topics[0].error_code, 0, "{:?}", r.topics[0].error_message);
+
+    // Every node reports the same elected leader and a full ISR once the leader has
+    // published its state.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let leader = loop {
+        let mut seen = Vec::new();
+        for c in conns.iter_mut() {
+            seen.push(leader_of(c).await);
+        }
+        let (leader, isr) = &seen[0];
+        if *leader > 0 && isr.len() == 3 && seen.iter().all(|s| s == &seen[0]) {
+            break *leader;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nodes never agreed on a leader and ISR: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let li = (leader - 1) as usize;
+    let fi = (li + 1) % 3;
+
+    let mut init = InitProducerIdRequest::default();
+    init.transactional_id = None;
+    init.transaction_timeout_ms = 60_000;
+    let ResponseKind::InitProducerId(r) = conns[fi]
+        .call(ApiKey::InitProducerId, 4, RequestKind::InitProducerId(init))
+        .await
+    else {
+        panic!("wrong kind")
+    };
+    assert_eq!(r.error_code, 0);
+    let pid = r.producer_id.0;
+    assert!(pid >= 0);
+
+    let first = common::batch(&[b"a", b"b", b"c"], pid, 0);
+    // A follower does not take writes or serve reads.
+    let r = produce(&mut conns[fi], first.clone()).await;
+    assert_eq!(r.error_code, NOT_LEADER_OR_FOLLOWER);
+    assert_eq!(fetch(&mut conns[fi]).await.0, NOT_LEADER_OR_FOLLOWER);
+
+    let r = produce(&mut conns[li], first.clone()).await;
+    assert_eq!((r.error_code, r.base_offset), (0, 0));
+    // The same batch again (a producer's retry): the original offsets, nothing stored.
+    let r = produce(&mut conns[li], first).await;
+    assert_eq!((r.error_code, r.base_offset), (0, 0));
+    let r = produce(&mut conns[li], common::batch(&[b"d", b"e"], pid, 3)).await;
+    assert_eq!((r.error_code, r.base_offset), (0, 3));
+    // A gap in the sequence is refused.
+    let r = produce(&mut conns[li], common::batch(&[b"x"], pid, 9)).await;
+    assert_eq!(r.error_code, OUT_OF_ORDER_SEQUENCE_NUMBER);
+    // Batches without a producer id are not checked.
+    let r = produce(&mut conns[li], common::batch(&[b"f"], -1, -1)).await;
+    assert_eq!((r.error_code, r.base_offset), (0, 5));
+
+    // Exactly six records are stored (the retry added none), all of them committed.
+    let mut lp = ListOffsetsPartition::default();
+    lp.partition_index = 0;
+    lp.timestamp = -1;
+    let mut lt = ListOffsetsTopic::default();
+    lt.name = name(TOPIC);
+    lt.partitions = vec![lp];
+    let mut req = ListOffsetsRequest::default();
+    req.replica_id = (-1).into();
+    req.topics = vec![lt];
+    let ResponseKind::ListOffsets(r) = conns[li]
+        .call(ApiKey::ListOffsets, 7, RequestKind::ListOffsets(req))
+        .await
+    else {
+        panic!("wrong kind")
+    };
+    assert_eq!(r.topics[0].partitions[0].offset, 6);
+    let (code, bytes) = fetch(&mut conns[li]).await;
+    assert_eq!(code, 0);
+    assert!(bytes > 0);
+    let mut t = TopicName::default();
+    t.0 = StrBytes::from_static_str(TOPIC);
+    let mut p = DeleteRecordsPartition::default();
+    p.partition_index = 0;
+    p.offset = 2;
+    let mut dt = DeleteRecordsTopic::default();
+    dt.name = t;
+    dt.partitions = vec![p];
+    let mut req = DeleteRecordsRequest::default();
+    req.topics = vec![dt];
+    req.timeout_ms = 5_000;
+    let ResponseKind::DeleteRecords(r) = conns[li]
+        .call(ApiKey::DeleteRecords, 2, RequestKind::DeleteRecords(req))
+        .await
+    else {
+        panic!("wrong kind")
+    };
+    // Moving the log start is not replicated yet: refused, not done on the leader alone.
+    assert_eq!(r.topics[0].partitions[0].error_code, POLICY_VIOLATION);
+
+    for node in cluster.nodes {
+        node.stop().await.expect("clean stop");
+    }
+}
