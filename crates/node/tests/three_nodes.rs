@@ -254,13 +254,11 @@ async fn replicated_partitions_answer_from_the_leader_and_check_sequences_there(
     let (code, bytes) = fetch(&mut conns[li]).await;
     assert_eq!(code, 0);
     assert!(bytes > 0);
-    let mut t = TopicName::default();
-    t.0 = StrBytes::from_static_str(TOPIC);
     let mut p = DeleteRecordsPartition::default();
     p.partition_index = 0;
     p.offset = 2;
     let mut dt = DeleteRecordsTopic::default();
-    dt.name = t;
+    dt.name = name(TOPIC);
     dt.partitions = vec![p];
     let mut req = DeleteRecordsRequest::default();
     req.topics = vec![dt];
