@@ -1,9 +1,10 @@
 //! Three nodes in one process, each with its own Kafka and Raft ports: what the replicated
 //! paths answer at the protocol level, exactly (real clients cover the rest in
-//! proto-tests/test_cluster.py). Admin requests work from any node (forwarded to the
-//! controller), a produce to a follower gets NOT_LEADER_OR_FOLLOWER, and the leader checks an
-//! idempotent producer's sequences before proposing: a resent batch gets its original offsets
-//! and is stored once, a gap is refused.
+//! proto-tests/test_cluster.py). Every node names the same cluster and controller; admin
+//! requests sent to a non-controller are forwarded; a produce to a follower gets
+//! NOT_LEADER_OR_FOLLOWER; the leader checks an idempotent producer's sequences before
+//! proposing (a resent batch gets its original offsets and is stored once, a gap is refused)
+//! and stamps LogAppendTime.
 
 mod common;
 
@@ -12,7 +13,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::Conn;
-use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
+use kafka_protocol::messages::create_topics_request::{
+    CreatableTopic, CreatableTopicConfig, CreateTopicsRequest,
+};
 use kafka_protocol::messages::delete_records_request::{
     DeleteRecordsPartition, DeleteRecordsRequest, DeleteRecordsTopic,
 };
@@ -34,6 +37,8 @@ use sluice_node::config::{BrokerConfig, PeerConfig};
 use tokio::net::TcpListener;
 
 const TOPIC: &str = "replicated";
+/// A topic with `message.timestamp.type=LogAppendTime`.
+const STAMPED: &str = "stamped";
 const NOT_LEADER_OR_FOLLOWER: i16 = 6;
 const POLICY_VIOLATION: i16 = 44;
 const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
@@ -99,10 +104,10 @@ async fn start_three() -> Cluster {
     }
 }
 
-/// (leader, ISR) of partition 0 as `conn`'s node reports it.
-async fn leader_of(conn: &mut Conn) -> (i32, Vec<i32>) {
+/// (leader, ISR) of partition 0 of `topic` as `conn`'s node reports it.
+async fn leader_of(conn: &mut Conn, topic: &str) -> (i32, Vec<i32>) {
     let mut t = MetadataRequestTopic::default();
-    t.name = Some(name(TOPIC));
+    t.name = Some(name(topic));
     let mut req = MetadataRequest::default();
     req.topics = Some(vec![t]);
     let ResponseKind::Metadata(r) = conn
@@ -115,12 +120,32 @@ async fn leader_of(conn: &mut Conn) -> (i32, Vec<i32>) {
     (p.leader_id.0, p.isr_nodes.iter().map(|b| b.0).collect())
 }
 
+/// (cluster id, controller id) as `conn`'s node reports them.
+async fn cluster_of(conn: &mut Conn) -> (String, i32) {
+    let mut req = MetadataRequest::default();
+    req.topics = Some(vec![]);
+    let ResponseKind::Metadata(r) = conn
+        .call(ApiKey::Metadata, 12, RequestKind::Metadata(req))
+        .await
+    else {
+        panic!("wrong kind")
+    };
+    (
+        r.cluster_id.map(|c| c.to_string()).unwrap_or_default(),
+        r.controller_id.0,
+    )
+}
+
 async fn produce(conn: &mut Conn, batch: Bytes) -> PartitionProduceResponse {
+    produce_to(conn, TOPIC, batch).await
+}
+
+async fn produce_to(conn: &mut Conn, topic: &str, batch: Bytes) -> PartitionProduceResponse {
     let mut p = PartitionProduceData::default();
     p.index = 0;
     p.records = Some(batch);
     let mut t = TopicProduceData::default();
-    t.name = name(TOPIC);
+    t.name = name(topic);
     t.partition_data = vec![p];
     let mut req = ProduceRequest::default();
     req.acks = -1;
@@ -155,6 +180,27 @@ async fn fetch(conn: &mut Conn) -> (i16, usize) {
     (p.error_code, p.records.as_ref().map_or(0, Bytes::len))
 }
 
+/// Waits until every node reports the same elected leader and a full ISR for partition 0
+/// (the leader has published its state), at most 30 s.
+async fn agreed_leader(conns: &mut [Conn], topic: &str) -> i32 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut seen = Vec::new();
+        for c in conns.iter_mut() {
+            seen.push(leader_of(c, topic).await);
+        }
+        let (leader, isr) = &seen[0];
+        if *leader > 0 && isr.len() == 3 && seen.iter().all(|s| s == &seen[0]) {
+            return *leader;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nodes never agreed on a leader and ISR of {topic}: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicated_partitions_answer_from_the_leader_and_check_sequences_there() {
     let cluster = start_three().await;
@@ -163,41 +209,43 @@ async fn replicated_partitions_answer_from_the_leader_and_check_sequences_there(
         conns.push(Conn::connect(*a).await);
     }
 
-    // CreateTopics sent to every node in turn until one answers: a non-controller forwards,
-    // so the first one already succeeds.
+    // Every node names the same cluster and the same controller.
+    let mut seen = Vec::new();
+    for c in conns.iter_mut() {
+        seen.push(cluster_of(c).await);
+    }
+    let (cluster_id, controller) = seen[0].clone();
+    assert!(!cluster_id.is_empty() && controller > 0, "{seen:?}");
+    assert!(seen.iter().all(|s| s == &seen[0]), "{seen:?}");
+
+    // CreateTopics sent to a node that is not the controller: it forwards the change.
+    let other = (controller as usize) % 3;
     let mut topic = CreatableTopic::default();
     topic.name = name(TOPIC);
     topic.num_partitions = 1;
     topic.replication_factor = 3;
+    let mut stamped = CreatableTopic::default();
+    stamped.name = name(STAMPED);
+    stamped.num_partitions = 1;
+    stamped.replication_factor = 3;
+    let mut c = CreatableTopicConfig::default();
+    c.name = StrBytes::from_static_str("message.timestamp.type");
+    c.value = Some(StrBytes::from_static_str("LogAppendTime"));
+    stamped.configs = vec![c];
     let mut req = CreateTopicsRequest::default();
-    req.topics = vec![topic];
+    req.topics = vec![topic, stamped];
     req.timeout_ms = 10_000;
-    let ResponseKind::CreateTopics(r) = conns[1]
+    let ResponseKind::CreateTopics(r) = conns[other]
         .call(ApiKey::CreateTopics, 7, RequestKind::CreateTopics(req))
         .await
     else {
         panic!("wrong kind")
     };
-    assert_eq!(r.topics[0].error_code, 0, "{:?}", r.topics[0].error_message);
+    for t in &r.topics {
+        assert_eq!(t.error_code, 0, "{:?}", t.error_message);
+    }
 
-    // Every node reports the same elected leader and a full ISR once the leader has
-    // published its state.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let leader = loop {
-        let mut seen = Vec::new();
-        for c in conns.iter_mut() {
-            seen.push(leader_of(c).await);
-        }
-        let (leader, isr) = &seen[0];
-        if *leader > 0 && isr.len() == 3 && seen.iter().all(|s| s == &seen[0]) {
-            break *leader;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nodes never agreed on a leader and ISR: {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let leader = agreed_leader(&mut conns, TOPIC).await;
     let li = (leader - 1) as usize;
     let fi = (li + 1) % 3;
 
@@ -271,6 +319,25 @@ async fn replicated_partitions_answer_from_the_leader_and_check_sequences_there(
     };
     // Moving the log start is not replicated yet: refused, not done on the leader alone.
     assert_eq!(r.topics[0].partitions[0].error_code, POLICY_VIOLATION);
+
+    // LogAppendTime is stamped once, by the leader, and answered with the produce.
+    let stamped_leader = (agreed_leader(&mut conns, STAMPED).await - 1) as usize;
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let r = produce_to(
+        &mut conns[stamped_leader],
+        STAMPED,
+        common::batch(&[b"t"], -1, -1),
+    )
+    .await;
+    assert_eq!(r.error_code, 0);
+    assert!(
+        r.log_append_time_ms >= before,
+        "log_append_time_ms {} (batch timestamps are 2023; the produce started at {before})",
+        r.log_append_time_ms
+    );
 
     for node in cluster.nodes {
         node.stop().await.expect("clean stop");

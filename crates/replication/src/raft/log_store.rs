@@ -41,6 +41,24 @@ use super::{PartitionRaft, RecordBatch};
 const READ_CHUNK: usize = 4 * 1024 * 1024;
 /// Bytes of recent entries a partition keeps in memory (see `Table::recent`).
 const RECENT_BYTES: usize = 8 * 1024 * 1024;
+/// Cached bytes of every partition of this process together. A partition that appends while
+/// the total is over it keeps only its newest entry, so a node with many partitions does not
+/// hold 8 MiB for each idle one on top of the busy ones.
+const RECENT_BYTES_TOTAL: usize = 256 * 1024 * 1024;
+/// Cached bytes across every partition's table.
+static RECENT_TOTAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn total_recent() -> usize {
+    RECENT_TOTAL.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn add_recent(n: usize) {
+    RECENT_TOTAL.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn sub_recent(n: usize) {
+    RECENT_TOTAL.fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+}
 /// Appends whose flush callbacks may wait at once; openraft's own pipeline bounds it first.
 const FLUSH_QUEUE: usize = 1024;
 
@@ -76,9 +94,16 @@ pub(crate) struct Table {
     state: RaftState,
     /// The latest data entries' bytes, by index (ascending): a leader reads them back to
     /// replicate and both sides to apply, right after appending, and the cache spares that read
-    /// (and its CRC pass). At most [`RECENT_BYTES`].
+    /// (and its CRC pass). At most [`RECENT_BYTES`], and only the newest entry while all
+    /// partitions together hold more than [`RECENT_BYTES_TOTAL`].
     recent: VecDeque<(u64, Bytes)>,
     recent_bytes: usize,
+}
+
+impl Drop for Table {
+    fn drop(&mut self) {
+        sub_recent(self.recent_bytes);
+    }
 }
 
 impl Table {
@@ -98,12 +123,25 @@ impl Table {
 
     fn remember(&mut self, index: u64, batch: Bytes) {
         self.recent_bytes += batch.len();
+        add_recent(batch.len());
         self.recent.push_back((index, batch));
-        while self.recent_bytes > RECENT_BYTES {
+        while self.recent.len() > 1
+            && (self.recent_bytes > RECENT_BYTES || total_recent() > RECENT_BYTES_TOTAL)
+        {
             match self.recent.pop_front() {
-                Some((_, b)) => self.recent_bytes -= b.len(),
+                Some((_, b)) => {
+                    self.recent_bytes -= b.len();
+                    sub_recent(b.len());
+                }
                 None => break,
             }
+        }
+        if self.recent_bytes > RECENT_BYTES
+            && let Some((_, b)) = self.recent.pop_front()
+        {
+            // A single entry over the per-partition bound is not kept either.
+            self.recent_bytes -= b.len();
+            sub_recent(b.len());
         }
     }
 
@@ -112,6 +150,7 @@ impl Table {
         while self.recent.back().is_some_and(|(i, _)| *i >= index) {
             if let Some((_, b)) = self.recent.pop_back() {
                 self.recent_bytes -= b.len();
+                sub_recent(b.len());
             }
         }
     }
@@ -121,6 +160,7 @@ impl Table {
         while self.recent.front().is_some_and(|(i, _)| *i <= index) {
             if let Some((_, b)) = self.recent.pop_front() {
                 self.recent_bytes -= b.len();
+                sub_recent(b.len());
             }
         }
     }
@@ -191,6 +231,7 @@ impl Table {
         let next_index = meta.last_log_id.map_or(0, |id| id.index + 1);
         self.slots.clear();
         self.recent.clear();
+        sub_recent(self.recent_bytes);
         self.recent_bytes = 0;
         self.first_index = next_index;
         self.next_offset = end_offset;
@@ -713,5 +754,46 @@ impl RaftLogStorage<PartitionRaft> for SegmentRaftLog {
         self.persist(&mut t)?;
         self.shared.log.set_retention_floor(t.state.anchor_offset);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> Table {
+        Table {
+            first_index: 0,
+            slots: VecDeque::new(),
+            next_offset: 0,
+            state: RaftState::default(),
+            recent: VecDeque::new(),
+            recent_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn recent_entries_are_bounded_per_partition_and_across_partitions() {
+        // Clones share one buffer: only the counted sizes are large.
+        let mib = Bytes::from(vec![7u8; 1024 * 1024]);
+        let mut tables: Vec<Table> = (0..64).map(|_| table()).collect();
+        for t in tables.iter_mut() {
+            for i in 0..10 {
+                t.remember(i, mib.clone());
+                assert!(t.recent_bytes <= RECENT_BYTES);
+            }
+        }
+        // 64 partitions x 8 MiB would be 512 MiB; the total stays near its bound, and the
+        // partitions that appended over it kept only their newest entry.
+        let total = total_recent();
+        assert!(total <= RECENT_BYTES_TOTAL + 64 * 1024 * 1024, "{total}");
+        assert_eq!(tables[0].recent.len(), 8);
+        assert_eq!(tables[63].recent.len(), 1);
+        assert_eq!(tables[63].cached(9).map(|b| b.len()), Some(1024 * 1024));
+        // Truncation, purge and dropping a table give their bytes back.
+        tables[0].forget_from(5);
+        tables[1].forget_upto(9);
+        drop(tables);
+        assert_eq!(total_recent(), 0);
     }
 }
