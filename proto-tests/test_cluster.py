@@ -392,37 +392,31 @@ def test_killed_leader_is_replaced_by_a_new_leader_with_a_higher_epoch(cluster):
 
 
 @pytest.mark.timeout(600)
-def test_acknowledged_writes_survive_kill9_of_the_partition_leader(cluster):
-    """acks=all without idempotence, one request in flight (so retries keep the order), kill -9
-    of partition 0's leader mid-stream: every acknowledged record is stored at the offset it
-    was acknowledged with, in producer order; retries may add duplicates, nothing else."""
-    topic, parts, n = "cl-durable", 3, 5000
-    window, kill_after = 200, 1000
-    leader0 = make_topic(cluster, topic, parts)[0].leader_id
 
-    acked: dict[int, list[tuple[int, int]]] = {p: [] for p in range(parts)}  # (offset, seq)
+def produce_killing_leader(cluster, topic, parts, n, window, kill_after, leader, value, config,
+                           flush_extra):
+    """Produces `n` records (key k<i>, value `value(i)`, partition i % parts) paced by
+    acknowledgements (at most `window` outstanding, so the kill lands mid-stream and most
+    records are produced after it), and kill -9s `leader` once `kill_after` are acknowledged.
+    Returns (acked {partition: [(offset, i)]}, failed [(i, error)], the i at the kill, records
+    neither delivered nor failed at the end)."""
+    acked: dict[int, list[tuple[int, int]]] = {p: [] for p in range(parts)}
     failed: list[tuple[int, str]] = []
-    value = lambda i: f"d-{i:06d}".encode()  # noqa: E731
-    seq_of = lambda v: int(v.split(b"-")[1])  # noqa: E731
+    index = {value(i): i for i in range(n)}
 
     def on_delivery(err, msg):
         if err is None:
-            acked[msg.partition()].append((msg.offset(), seq_of(msg.value())))
+            acked[msg.partition()].append((msg.offset(), index[msg.value()]))
         else:
-            failed.append((seq_of(msg.value()), str(err)))
+            failed.append((index[msg.value()], str(err)))
 
     def done() -> int:
         return sum(len(v) for v in acked.values()) + len(failed)
 
-    p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all",
-                  "enable.idempotence": False, "max.in.flight.requests.per.connection": 1,
-                  "retries": 1_000_000, "retry.backoff.ms": 100, "retry.backoff.max.ms": 1000,
-                  "message.timeout.ms": 60_000, "request.timeout.ms": 15_000, "linger.ms": 5})
+    p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all", **config})
     killed_at = None
     deadline = time.monotonic() + 150
     for i in range(n):
-        # Paced by acknowledgements (at most `window` outstanding), so the kill lands
-        # mid-stream and most of the messages are produced after it.
         while i - done() >= window:
             assert time.monotonic() < deadline, \
                 f"{i} produced, {done()} answered: no progress within the time bound"
@@ -431,9 +425,27 @@ def test_acknowledged_writes_survive_kill9_of_the_partition_leader(cluster):
                         on_delivery=on_delivery)
         p.poll(0)
         if killed_at is None and done() - len(failed) >= kill_after:
-            cluster.kill9(leader0)
+            cluster.kill9(leader)
             killed_at = i
-    left = p.flush(max(1.0, deadline - time.monotonic()) + 70)
+    left = p.flush(max(1.0, deadline - time.monotonic()) + flush_extra)
+    return acked, failed, killed_at, left
+
+def test_acknowledged_writes_survive_kill9_of_the_partition_leader(cluster):
+    """acks=all without idempotence, one request in flight (so retries keep the order), kill -9
+    of partition 0's leader mid-stream: every acknowledged record is stored at the offset it
+    was acknowledged with, in producer order; retries may add duplicates, nothing else."""
+    topic, parts, n = "cl-durable", 3, 5000
+    window, kill_after = 200, 1000
+    leader0 = make_topic(cluster, topic, parts)[0].leader_id
+
+    value = lambda i: f"d-{i:06d}".encode()  # noqa: E731
+    seq_of = lambda v: int(v.split(b"-")[1])  # noqa: E731
+    acked, failed, killed_at, left = produce_killing_leader(
+        cluster, topic, parts, n, window, kill_after, leader0, value,
+        {"enable.idempotence": False, "max.in.flight.requests.per.connection": 1,
+         "retries": 1_000_000, "retry.backoff.ms": 100, "retry.backoff.max.ms": 1000,
+         "message.timeout.ms": 60_000, "request.timeout.ms": 15_000, "linger.ms": 5},
+        flush_extra=70)
     assert killed_at is not None and killed_at < n - 1000, f"killed at message {killed_at}"
     assert left == 0, f"{left} messages neither delivered nor failed"
     acked_after_kill = sum(1 for recs in acked.values() for _, s in recs if s > killed_at)
@@ -548,38 +560,14 @@ def test_idempotent_producer_writes_each_record_once_across_a_leader_kill(cluste
     window, kill_after = 500, 1500
     leader0 = make_topic(cluster, topic, parts)[0].leader_id
 
-    acked: dict[int, list[tuple[int, int]]] = {p: [] for p in range(parts)}  # (offset, seq)
-    failed: list[tuple[int, str]] = []
     value = lambda i: f"i-{i:06d}".encode()  # noqa: E731
     seq_of = lambda v: int(v.split(b"-")[1])  # noqa: E731
-
-    def on_delivery(err, msg):
-        if err is None:
-            acked[msg.partition()].append((msg.offset(), seq_of(msg.value())))
-        else:
-            failed.append((seq_of(msg.value()), str(err)))
-
-    def done() -> int:
-        return sum(len(v) for v in acked.values()) + len(failed)
-
-    p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all",
-                  "enable.idempotence": True, "max.in.flight.requests.per.connection": 5,
-                  "message.timeout.ms": 90_000, "request.timeout.ms": 15_000, "linger.ms": 2,
-                  "batch.num.messages": 50})
-    killed_at = None
-    deadline = time.monotonic() + 150
-    for i in range(n):
-        while i - done() >= window:
-            assert time.monotonic() < deadline, \
-                f"{i} produced, {done()} answered: no progress within the time bound"
-            p.poll(0.05)
-        produce_or_wait(p, topic, key=f"k{i}".encode(), value=value(i), partition=i % parts,
-                        on_delivery=on_delivery)
-        p.poll(0)
-        if killed_at is None and done() >= kill_after:
-            cluster.kill9(leader0)
-            killed_at = i
-    left = p.flush(max(1.0, deadline - time.monotonic()) + 90)
+    acked, failed, killed_at, left = produce_killing_leader(
+        cluster, topic, parts, n, window, kill_after, leader0, value,
+        {"enable.idempotence": True, "max.in.flight.requests.per.connection": 5,
+         "message.timeout.ms": 90_000, "request.timeout.ms": 15_000, "linger.ms": 2,
+         "batch.num.messages": 50},
+        flush_extra=90)
     assert killed_at is not None and killed_at < n - 1000, f"killed at message {killed_at}"
     assert left == 0, f"{left} messages neither delivered nor failed"
     assert not failed, f"{len(failed)} deliveries failed, e.g. {failed[:3]}"

@@ -166,13 +166,7 @@ impl Cluster {
         let for_open = config.clone();
         let (store, logs) = tokio::task::spawn_blocking(move || {
             let config = for_open;
-            let meta_dir = config.data_dir.join("meta");
-            std::fs::create_dir_all(&meta_dir)
-                .with_context(|| format!("cannot create {}", meta_dir.display()))?;
-            let store = Arc::new(
-                MetadataStore::open(&meta_dir.join("sled"))
-                    .context("cannot open the metadata store")?,
-            );
+            let store = open_store(&config)?;
             // Topic configs are known once the image is; until then logs run on the broker
             // defaults, and retention starts only after the first reconciliation.
             let base = config
@@ -468,15 +462,7 @@ impl Cluster {
     fn open_blocking(config: BrokerConfig) -> anyhow::Result<Cluster> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-        // sled lives one level down so that a damaged copy moved aside next to it can never be
-        // mistaken for a partition directory.
-        let meta_dir = config.data_dir.join("meta");
-        std::fs::create_dir_all(&meta_dir)
-            .with_context(|| format!("cannot create {}", meta_dir.display()))?;
-        let store = Arc::new(
-            MetadataStore::open(&meta_dir.join("sled"))
-                .context("cannot open the metadata store")?,
-        );
+        let store = open_store(&config)?;
         let store_was_reset = store.damaged().is_some();
         if store_was_reset {
             // The producer-id counter went with the damaged store, but partitions still hold
@@ -1403,6 +1389,17 @@ impl Cluster {
         state.image = Arc::new(image);
         Ok(())
     }
+}
+
+/// Opens the node's sled store in `<data>/meta/sled`: one level down, so that a damaged copy
+/// moved aside next to it can never be mistaken for a partition directory.
+fn open_store(config: &BrokerConfig) -> anyhow::Result<Arc<MetadataStore>> {
+    let meta_dir = config.data_dir.join("meta");
+    std::fs::create_dir_all(&meta_dir)
+        .with_context(|| format!("cannot create {}", meta_dir.display()))?;
+    Ok(Arc::new(
+        MetadataStore::open(&meta_dir.join("sled")).context("cannot open the metadata store")?,
+    ))
 }
 
 /// Follows the metadata group's image, reconciling this node with every change (a failed
