@@ -348,6 +348,76 @@ def test_consumer_group_resumes_after_its_committed_offsets(cluster):
     assert sorted(seen2) == list(range(300, 450))
 
 
+
+def offsets_partition_of(group: str, partitions: int) -> int:
+    """Kafka's placement of a group: abs(javaHashCode(group)) % offsets.topic.num.partitions."""
+    h = 0
+    for ch in group:
+        h = (31 * h + ord(ch)) & 0xFFFFFFFF
+    if h >= 2**31:
+        h -= 2**32
+    return (0 if h == -2**31 else abs(h)) % partitions
+
+
+def test_committed_offsets_survive_kill9_of_the_group_coordinator(cluster):
+    """A group's coordinator is the leader of its __consumer_offsets partition. Kill it: a
+    survivor takes the partition over, loads the group from the replicated records, and a
+    commit made before the kill and one made after it are both there for the next member."""
+    topic, group = "cl-coord", "cl-coord-group"
+    make_topic(cluster, topic, 1)
+    tp = lambda off=-1001: TopicPartition(topic, 0, off)  # noqa: E731
+
+    def member() -> Consumer:
+        c = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": group,
+                      "enable.auto.commit": False})
+        c.assign([tp()])
+        return c
+
+    def commit(c: Consumer, offset: int) -> None:
+        # During the coordinator's failover a commit fails retriably; try again, bounded.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                c.commit(offsets=[tp(offset)], asynchronous=False)
+                return
+            except KafkaException as e:
+                assert time.monotonic() < deadline, f"commit of {offset} never succeeded: {e}"
+                time.sleep(0.2)
+
+    c1 = member()
+    try:
+        commit(c1, 100)
+        offsets_partition = offsets_partition_of(
+            group, int(cluster.nodes[0].overrides["offsets.topic.num.partitions"]))
+        coordinator = cluster.partition("__consumer_offsets", offsets_partition).leader_id
+        assert coordinator > 0
+        cluster.kill9(coordinator)
+        # A surviving node takes over the offsets partition (and so the group).
+        wait_until(lambda: cluster.partition("__consumer_offsets",
+                                             offsets_partition).leader_id not in (-1, coordinator),
+                   30, "a new leader of the group's offsets partition", interval=0.2)
+        # The new coordinator loaded the commit made before the kill from its replica.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                before = c1.committed([tp()], timeout=10)[0].offset
+                break
+            except KafkaException as e:
+                assert time.monotonic() < deadline, f"OffsetFetch never answered: {e}"
+                time.sleep(0.2)
+        assert before == 100, before
+        commit(c1, 150)
+    finally:
+        c1.close()
+    cluster.restart(coordinator)
+    c2 = member()
+    try:
+        committed = c2.committed([tp()], timeout=30)
+        assert committed[0].offset == 150, committed
+    finally:
+        c2.close()
+
+
 # ----------------------------------------------------------------------------- failures
 
 def test_killed_leader_is_replaced_by_a_new_leader_with_a_higher_epoch(cluster):

@@ -285,11 +285,24 @@ async fn follow_offsets_leadership(partition: Arc<Partition>, tx: mpsc::Sender<C
             if tx.send(Command::Gained(p)).await.is_err() {
                 return;
             }
+            // Everything in a new leader's log is committed with its term's first entry; if
+            // leadership goes again first, the next turn of the loop reports the loss.
             let mut hw = partition.subscribe();
-            let caught_up = hw
-                .wait_for(|h| *h >= partition.log().log_end_offset())
-                .await
-                .is_ok();
+            let caught_up = loop {
+                if *hw.borrow_and_update() >= partition.log().log_end_offset() {
+                    break true;
+                }
+                if !replica.is_leader() {
+                    break false;
+                }
+                tokio::select! {
+                    changed = hw.changed() => if changed.is_err() { return },
+                    changed = metrics.changed() => if changed.is_err() { return },
+                }
+            };
+            if !caught_up {
+                continue;
+            }
             let read = Arc::clone(&partition);
             let loaded = tokio::task::spawn_blocking(move || {
                 let mut records = Vec::new();
@@ -299,11 +312,18 @@ async fn follow_offsets_leadership(partition: Arc<Partition>, tx: mpsc::Sender<C
                 .map(|_| records)
             })
             .await;
-            let records = match (caught_up, loaded) {
-                (true, Ok(Ok(records))) => records,
-                (_, Ok(Err(e))) => {
-                    error!(partition = p, "cannot load {OFFSETS_TOPIC}-{p}: {e:#}");
-                    Vec::new()
+            let records = match loaded {
+                Ok(Ok(records)) => records,
+                Ok(Err(e)) => {
+                    // Loading nothing would forget the groups' offsets: stay "loading"
+                    // (clients retry) and read again in a second.
+                    error!(
+                        partition = p,
+                        "cannot load {OFFSETS_TOPIC}-{p}: {e:#}; retrying"
+                    );
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    leading = false;
+                    continue;
                 }
                 _ => return,
             };
