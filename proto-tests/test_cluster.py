@@ -500,6 +500,19 @@ def produce_killing_leader(cluster, topic, parts, n, window, kill_after, leader,
     left = p.flush(max(1.0, deadline - time.monotonic()) + flush_extra)
     return acked, failed, killed_at, left
 
+def read_acknowledged(cluster, topic, parts, acked, seq_of):
+    """Reads every partition until each acknowledged record is there (a new leader's high
+    watermark may trail for a moment), or 90 s, and returns what was read; the caller then says
+    exactly what is missing or wrong."""
+    want = {p_: {s for _, s in recs} for p_, recs in acked.items()}
+
+    def everything_read(got) -> bool:
+        return all(want[p_] <= {seq_of(v) for _, _, v in got[p_]} for p_ in got)
+
+    return read_partitions(cluster.bootstrap, topic, parts, everything_read, timeout=90,
+                           give_up_quietly=True)
+
+
 def test_acknowledged_writes_survive_kill9_of_the_partition_leader(cluster):
     """acks=all without idempotence, one request in flight (so retries keep the order), kill -9
     of partition 0's leader mid-stream: every acknowledged record is stored at the offset it
@@ -537,14 +550,7 @@ def test_acknowledged_writes_survive_kill9_of_the_partition_leader(cluster):
 
     cluster.restart(leader0)
     acked_seqs = {p_: {s for _, s in recs} for p_, recs in acked.items()}
-
-    def all_acked_read(got) -> bool:
-        return all(acked_seqs[p_] <= {seq_of(v) for _, _, v in got[p_]} for p_ in got)
-
-    # Read until every acknowledged record is there (a new leader's high watermark may trail
-    # for a moment), or 90 s; then say exactly what is missing or wrong.
-    got = read_partitions(cluster.bootstrap, topic, parts, all_acked_read, timeout=90,
-                          give_up_quietly=True)
+    got = read_acknowledged(cluster, topic, parts, acked, seq_of)
     for part in range(parts):
         stored = {o: v for o, _, v in got[part]}
         offsets = [o for o, _, _ in got[part]]
@@ -642,14 +648,7 @@ def test_idempotent_producer_writes_each_record_once_across_a_leader_kill(cluste
     assert left == 0, f"{left} messages neither delivered nor failed"
     assert not failed, f"{len(failed)} deliveries failed, e.g. {failed[:3]}"
     cluster.restart(leader0)
-
-    want = {part: {s for _, s in recs} for part, recs in acked.items()}
-
-    def everything_read(got) -> bool:
-        return all(want[p_] <= {seq_of(v) for _, _, v in got[p_]} for p_ in got)
-
-    got = read_partitions(cluster.bootstrap, topic, parts, everything_read, timeout=90,
-                          give_up_quietly=True)
+    got = read_acknowledged(cluster, topic, parts, acked, seq_of)
     for part in range(parts):
         seqs = [seq_of(v) for _, _, v in got[part]]
         expected = list(range(part, n, parts))

@@ -12,9 +12,6 @@ use kafka_protocol::messages::create_topics_request::{
 use kafka_protocol::messages::list_offsets_request::{
     ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
 };
-use kafka_protocol::messages::produce_request::{
-    PartitionProduceData, ProduceRequest, TopicProduceData,
-};
 use kafka_protocol::messages::produce_response::PartitionProduceResponse;
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind, TopicName};
 use kafka_protocol::protocol::StrBytes;
@@ -67,23 +64,7 @@ async fn produce(
     topic: &str,
     batch: Bytes,
 ) -> PartitionProduceResponse {
-    let mut p = PartitionProduceData::default();
-    p.index = 0;
-    p.records = Some(batch);
-    let mut t = TopicProduceData::default();
-    t.name = name(topic);
-    t.partition_data = vec![p];
-    let mut req = ProduceRequest::default();
-    req.acks = -1;
-    req.timeout_ms = 5000;
-    req.topic_data = vec![t];
-    let ResponseKind::Produce(mut r) = conn
-        .call(ApiKey::Produce, version, RequestKind::Produce(req))
-        .await
-    else {
-        panic!("wrong kind")
-    };
-    r.responses.remove(0).partition_responses.remove(0)
+    common::produce_one(conn, version, topic, batch).await
 }
 
 async fn log_end(conn: &mut common::Conn, topic: &str) -> i64 {

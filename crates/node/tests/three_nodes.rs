@@ -24,9 +24,6 @@ use kafka_protocol::messages::list_offsets_request::{
     ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
 };
 use kafka_protocol::messages::metadata_request::{MetadataRequest, MetadataRequestTopic};
-use kafka_protocol::messages::produce_request::{
-    PartitionProduceData, ProduceRequest, TopicProduceData,
-};
 use kafka_protocol::messages::produce_response::PartitionProduceResponse;
 use kafka_protocol::messages::{
     ApiKey, InitProducerIdRequest, RequestKind, ResponseKind, TopicName,
@@ -141,23 +138,7 @@ async fn produce(conn: &mut Conn, batch: Bytes) -> PartitionProduceResponse {
 }
 
 async fn produce_to(conn: &mut Conn, topic: &str, batch: Bytes) -> PartitionProduceResponse {
-    let mut p = PartitionProduceData::default();
-    p.index = 0;
-    p.records = Some(batch);
-    let mut t = TopicProduceData::default();
-    t.name = name(topic);
-    t.partition_data = vec![p];
-    let mut req = ProduceRequest::default();
-    req.acks = -1;
-    req.timeout_ms = 10_000;
-    req.topic_data = vec![t];
-    let ResponseKind::Produce(mut r) = conn
-        .call(ApiKey::Produce, 9, RequestKind::Produce(req))
-        .await
-    else {
-        panic!("wrong kind")
-    };
-    r.responses.remove(0).partition_responses.remove(0)
+    common::produce_one(conn, 9, topic, batch).await
 }
 
 /// (error code, records bytes) of a fetch of partition 0 from offset 0.

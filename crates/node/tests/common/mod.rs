@@ -151,3 +151,35 @@ pub fn batch(values: &[&[u8]], producer_id: i64, base_sequence: i32) -> Bytes {
     };
     Bytes::from(build_batch(&records, producer))
 }
+
+/// Produces `batch` to partition 0 of `topic` with acks=all and returns that partition's answer.
+pub async fn produce_one(
+    conn: &mut Conn,
+    version: i16,
+    topic: &str,
+    batch: Bytes,
+) -> kafka_protocol::messages::produce_response::PartitionProduceResponse {
+    use kafka_protocol::messages::TopicName;
+    use kafka_protocol::messages::produce_request::{
+        PartitionProduceData, ProduceRequest, TopicProduceData,
+    };
+    let mut p = PartitionProduceData::default();
+    p.index = 0;
+    p.records = Some(batch);
+    let mut t = TopicProduceData::default();
+    t.name = TopicName(kafka_protocol::protocol::StrBytes::from_string(
+        topic.to_string(),
+    ));
+    t.partition_data = vec![p];
+    let mut req = ProduceRequest::default();
+    req.acks = -1;
+    req.timeout_ms = 10_000;
+    req.topic_data = vec![t];
+    let ResponseKind::Produce(mut r) = conn
+        .call(ApiKey::Produce, version, RequestKind::Produce(req))
+        .await
+    else {
+        panic!("wrong kind")
+    };
+    r.responses.remove(0).partition_responses.remove(0)
+}
