@@ -153,6 +153,8 @@ pub(crate) struct Inner {
     pub(crate) hw_tx: watch::Sender<i64>,
     /// Single-replica mode: every fsync pass moves the high watermark to what it made durable.
     hw_follows_durable: AtomicBool,
+    /// A follower's log: pages leave the page cache once fsynced (see `set_keep_cached`).
+    drop_cache_when_durable: AtomicBool,
     closed: AtomicBool,
     failure: Mutex<Option<String>>,
     pub(crate) flush_queued: AtomicBool,
@@ -220,6 +222,7 @@ impl PartitionLog {
             durable: AtomicI64::new(leo),
             durable_tx,
             hw_follows_durable: AtomicBool::new(false),
+            drop_cache_when_durable: AtomicBool::new(false),
             hw_tx,
             state: Mutex::new(AppendState {
                 producers: recovered.producers,
@@ -464,6 +467,20 @@ impl PartitionLog {
         if follow {
             self.inner.advance_high_watermark(self.durable_offset());
         }
+    }
+
+    /// Whether what this log writes stays in the page cache once it is durable (the default).
+    ///
+    /// A Raft follower's log is read only if it becomes leader, so it gives its pages back as
+    /// soon as they are fsynced: the page cache then holds the tails consumers read from the
+    /// partitions this node leads, and the follower's next appends reuse memory just freed
+    /// instead of first-touching new pages (on a VM whose host reclaims free memory, that
+    /// first touch is most of a write's cost: docs/benchmarks.md). Pages already durable stay
+    /// as they are; the change applies from the next fsync.
+    pub fn set_keep_cached(&self, keep: bool) {
+        self.inner
+            .drop_cache_when_durable
+            .store(!keep, Ordering::Release);
     }
 
     /// High watermark changes (for long-polling fetches).
@@ -896,8 +913,9 @@ impl Inner {
             // is a few atomic loads per segment and never misses one.
             segs.iter().filter(|s| !s.is_synced()).cloned().collect()
         };
+        let drop_cached = self.drop_cache_when_durable.load(Ordering::Acquire);
         for s in &dirty {
-            s.sync()?;
+            s.sync(drop_cached)?;
         }
         if self.hw_follows_durable.load(Ordering::Acquire) {
             self.advance_high_watermark(target);
@@ -1627,7 +1645,7 @@ fn recover(dir: &Path, name: &str, config: &LogConfig) -> Result<Recovered, Stor
     log_start = log_start.min(next_offset);
     if scanned_any {
         for s in &segments {
-            s.sync().map_err(ctx("fsync after recovery"))?;
+            s.sync(false).map_err(ctx("fsync after recovery"))?;
         }
     }
     Ok(Recovered {

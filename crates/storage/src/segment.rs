@@ -43,6 +43,9 @@ const RESERVE_MIN: u64 = 256 << 10;
 const RESERVE_MAX: u64 = 16 << 20;
 /// `reserved` once the file system has refused `fallocate`: no further attempts.
 const RESERVE_UNSUPPORTED: u64 = u64::MAX;
+/// The page size `drop_cached` rounds to (4 KiB where Sluice runs; with larger pages the
+/// kernel would keep the pages that straddle one fsync's start cached).
+const DROP_PAGE: u64 = 4096;
 
 /// Index state of the segment being written: entries in memory, flushed to disk in bulk.
 #[derive(Debug, Default)]
@@ -466,12 +469,17 @@ impl Segment {
         Ok(())
     }
 
-    /// fsyncs the data (and index files, if written since the last sync).
-    pub(crate) fn sync(&self) -> io::Result<()> {
+    /// fsyncs the data (and index files, if written since the last sync); with `drop_cached`,
+    /// the pages just made durable then leave the page cache.
+    pub(crate) fn sync(&self, drop_cached: bool) -> io::Result<()> {
         let committed = self.size();
-        if self.synced.load(Ordering::Acquire) < committed {
+        let synced = self.synced.load(Ordering::Acquire);
+        if synced < committed {
             self.file.sync_data()?;
             self.synced.fetch_max(committed, Ordering::AcqRel);
+            if drop_cached {
+                self.drop_cached(synced, committed);
+            }
         }
         if self.index_unsynced.swap(false, Ordering::AcqRel) {
             for ext in ["index", "timeindex"] {
@@ -486,6 +494,22 @@ impl Segment {
             }
         }
         Ok(())
+    }
+
+    /// Asks the kernel to drop the clean cached pages of `[from, to)`. From the page holding
+    /// `from`, since the last call left that partly written page in place; the kernel keeps
+    /// the partial page at `to` for the next append. Advice only: a failure costs memory, not
+    /// data, so it is logged and otherwise ignored.
+    fn drop_cached(&self, from: u64, to: u64) {
+        let start = from & !(DROP_PAGE - 1);
+        let Some(len) = std::num::NonZeroU64::new(to - start) else {
+            return;
+        };
+        if let Err(e) =
+            rustix::fs::fadvise(&self.file, start, Some(len), rustix::fs::Advice::DontNeed)
+        {
+            tracing::debug!(segment = %self.path("log").display(), error = %e, "could not drop durable pages from the page cache");
+        }
     }
 
     /// Cuts the file at `pos` (a batch boundary) and rebuilds the active index for what is left.
@@ -566,7 +590,7 @@ impl Segment {
                     });
                 }
                 self.set_active(ix)?;
-                self.sync()?;
+                self.sync(false)?;
                 guard = write_lock(&self.index);
                 *guard = IndexState::Sealed(None);
                 match load()? {

@@ -117,3 +117,49 @@ fn high_watermark_follows_durability_only_when_asked() {
     // Set before durability is announced: an acknowledged write is already visible.
     assert_eq!(log.high_watermark(), 5);
 }
+
+/// Bytes of `path` in the page cache, as util-linux's `fincore` counts them.
+fn cached_bytes(path: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES"])
+        .arg(path)
+        .output()
+        .expect("run fincore (util-linux)");
+    assert!(out.status.success(), "fincore: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("fincore prints a byte count")
+}
+
+#[test]
+fn a_log_that_does_not_keep_its_pages_gives_them_back_once_durable() {
+    for keep in [true, false] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = PartitionLog::open(dir.path(), "t", 0, LogConfig::default()).expect("open");
+        log.set_keep_cached(keep);
+        let mut end = 0;
+        for i in 0..128 {
+            end = log
+                .append(batch_of(16, 1000, i, 0), 0, 0)
+                .expect("append")
+                .last_offset
+                + 1;
+        }
+        log.wait_durable_blocking(end).expect("durable");
+        let segments = common::files(dir.path(), "log");
+        assert_eq!(segments.len(), 1, "{segments:?}");
+        let size = std::fs::metadata(&segments[0]).expect("segment").len();
+        assert!(size > 1 << 20, "wrote {size} bytes");
+        let cached = cached_bytes(&segments[0]);
+        if keep {
+            // Nothing asked the kernel to drop them and memory is not short.
+            assert!(cached > size / 2, "{cached} of {size} bytes cached");
+        } else {
+            // At most the partly written last page stays.
+            assert!(cached <= 4096, "{cached} of {size} bytes cached");
+        }
+        // Still readable, from disk.
+        assert_eq!(all_batches(&log, 0).len(), 128);
+    }
+}

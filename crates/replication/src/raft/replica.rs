@@ -124,7 +124,13 @@ impl RaftReplica {
             }
         }
         let samples: Arc<Mutex<Samples>> = Arc::default();
-        let sampler = tokio::spawn(sample_log_end(raft.clone(), Arc::clone(&samples), lag_max));
+        log.set_keep_cached(false);
+        let sampler = tokio::spawn(follow_role(
+            raft.clone(),
+            Arc::clone(&log),
+            Arc::clone(&samples),
+            lag_max,
+        ));
         Ok(RaftReplica {
             node_id,
             replicas: replicas.to_vec(),
@@ -367,15 +373,22 @@ async fn committed_at(
     }
 }
 
-/// Records the leader's log end as it moves, keeping one lag window of samples (at most one
-/// per 100 ms, so the queue stays small).
-async fn sample_log_end(raft: Raft<PartitionRaft>, samples: Arc<Mutex<Samples>>, lag: Duration) {
+/// Follows this member's role: as leader, records the log end as it moves, keeping one lag
+/// window of samples (at most one per 100 ms, so the queue stays small), and keeps the log's
+/// pages cached for consumers; as follower, lets them go once durable (nobody reads them).
+async fn follow_role(
+    raft: Raft<PartitionRaft>,
+    log: Arc<PartitionLog>,
+    samples: Arc<Mutex<Samples>>,
+    lag: Duration,
+) {
     let mut rx = raft.metrics();
     loop {
         let (leader, index) = {
             let m = rx.borrow_and_update();
             (m.state == ServerState::Leader, m.last_log_index)
         };
+        log.set_keep_cached(leader);
         {
             let mut s = lock(&samples);
             if !leader {
