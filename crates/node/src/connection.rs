@@ -28,6 +28,8 @@ use crate::broker::{Broker, Completion, RequestContext};
 pub const MAX_IN_FLIGHT: usize = 64;
 /// Read buffer growth step; frames larger than this are read with one reservation each.
 const READ_CHUNK: usize = 64 * 1024;
+/// How long a shutting-down node still waits for a connection's pending responses.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// What the writer must send for one request.
 enum Outgoing {
@@ -58,7 +60,7 @@ pub async fn serve(
         }
         let (reader, writer) = stream.into_split();
         let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
-        let writer_task = tokio::spawn(write_responses(writer, rx).in_current_span());
+        let mut writer_task = tokio::spawn(write_responses(writer, rx).in_current_span());
         tokio::select! {
             outcome = read_requests(reader, peer, &broker, tx) => {
                 if let Err(reason) = outcome {
@@ -68,7 +70,22 @@ pub async fn serve(
             _ = crate::server::stopped(&mut shutdown) => debug!("closing connection for shutdown"),
         }
         // The writer finishes sending what was already started, then sees the channel close.
-        let _ = writer_task.await;
+        // A shutdown bounds that wait: a produce waiting on replicas that are stopping too
+        // would otherwise hold the whole node until its timeout_ms. Its client sees the
+        // connection close and retries elsewhere; nothing it was not told of is lost.
+        tokio::select! {
+            _ = &mut writer_task => {}
+            _ = async {
+                crate::server::stopped(&mut shutdown).await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => {
+                warn!(
+                    "closing connection with responses still pending, {} s after shutdown began",
+                    SHUTDOWN_GRACE.as_secs()
+                );
+                writer_task.abort();
+            }
+        }
         debug!("connection closed");
     }
     .instrument(span)

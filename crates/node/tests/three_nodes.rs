@@ -4,7 +4,8 @@
 //! requests sent to a non-controller are forwarded; a produce to a follower gets
 //! NOT_LEADER_OR_FOLLOWER; the leader checks an idempotent producer's sequences before
 //! proposing (a resent batch gets its original offsets and is stored once, a gap is refused)
-//! and stamps LogAppendTime.
+//! and stamps LogAppendTime. A leader that lost its quorum times an acks=all produce out at its
+//! timeout_ms and still stops promptly with one pending.
 
 mod common;
 
@@ -39,6 +40,7 @@ const STAMPED: &str = "stamped";
 const NOT_LEADER_OR_FOLLOWER: i16 = 6;
 const POLICY_VIOLATION: i16 = 44;
 const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+const REQUEST_TIMED_OUT: i16 = 7;
 
 fn name(s: &str) -> TopicName {
     TopicName(StrBytes::from_string(s.to_string()))
@@ -161,6 +163,46 @@ async fn fetch(conn: &mut Conn) -> (i16, usize) {
     (p.error_code, p.records.as_ref().map_or(0, Bytes::len))
 }
 
+/// Bytes in the segment files of the partition directory `partition` anywhere under `dir`.
+fn segment_bytes(dir: &std::path::Path, partition: &str) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).expect("read data dir").flatten() {
+        let path = entry.path();
+        if !path.is_dir() {
+            continue;
+        }
+        if path.file_name().is_some_and(|n| n == partition) {
+            for f in std::fs::read_dir(&path)
+                .expect("read partition dir")
+                .flatten()
+            {
+                if f.path().extension().is_some_and(|e| e == "log") {
+                    total += f.metadata().expect("segment metadata").len();
+                }
+            }
+        } else {
+            total += segment_bytes(&path, partition);
+        }
+    }
+    total
+}
+
+/// Creates `topics` through `conn`'s node; each must succeed.
+async fn create_topics(conn: &mut Conn, topics: Vec<CreatableTopic>) {
+    let mut req = CreateTopicsRequest::default();
+    req.topics = topics;
+    req.timeout_ms = 10_000;
+    let ResponseKind::CreateTopics(r) = conn
+        .call(ApiKey::CreateTopics, 7, RequestKind::CreateTopics(req))
+        .await
+    else {
+        panic!("wrong kind")
+    };
+    for t in &r.topics {
+        assert_eq!(t.error_code, 0, "{:?}", t.error_message);
+    }
+}
+
 /// Waits until every node reports the same elected leader and a full ISR for partition 0
 /// (the leader has published its state), at most 30 s.
 async fn agreed_leader(conns: &mut [Conn], topic: &str) -> i32 {
@@ -213,18 +255,7 @@ async fn replicated_partitions_answer_from_the_leader_and_check_sequences_there(
     c.name = StrBytes::from_static_str("message.timestamp.type");
     c.value = Some(StrBytes::from_static_str("LogAppendTime"));
     stamped.configs = vec![c];
-    let mut req = CreateTopicsRequest::default();
-    req.topics = vec![topic, stamped];
-    req.timeout_ms = 10_000;
-    let ResponseKind::CreateTopics(r) = conns[other]
-        .call(ApiKey::CreateTopics, 7, RequestKind::CreateTopics(req))
-        .await
-    else {
-        panic!("wrong kind")
-    };
-    for t in &r.topics {
-        assert_eq!(t.error_code, 0, "{:?}", t.error_message);
-    }
+    create_topics(&mut conns[other], vec![topic, stamped]).await;
 
     let leader = agreed_leader(&mut conns, TOPIC).await;
     let li = (leader - 1) as usize;
@@ -323,4 +354,70 @@ async fn replicated_partitions_answer_from_the_leader_and_check_sequences_there(
     for node in cluster.nodes {
         node.stop().await.expect("clean stop");
     }
+}
+
+/// A leader whose followers are gone cannot commit: an acks=all produce is answered with
+/// REQUEST_TIMED_OUT once its timeout_ms passes, and a produce still waiting does not keep the
+/// leader from stopping (its connection is closed after the shutdown grace).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_produce_without_a_quorum_times_out_and_does_not_hold_a_stopping_leader() {
+    let cluster = start_three().await;
+    let mut conns = Vec::new();
+    for a in &cluster.addrs {
+        conns.push(Conn::connect(*a).await);
+    }
+    let mut topic = CreatableTopic::default();
+    topic.name = name(TOPIC);
+    topic.num_partitions = 1;
+    topic.replication_factor = 3;
+    create_topics(&mut conns[0], vec![topic]).await;
+    let leader = agreed_leader(&mut conns, TOPIC).await;
+    let r = produce(
+        &mut conns[(leader - 1) as usize],
+        common::batch(&[b"a"], -1, -1),
+    )
+    .await;
+    assert_eq!((r.error_code, r.base_offset), (0, 0));
+
+    // Both followers stop; the leader keeps its term but can no longer reach a majority.
+    let mut leader_conn = conns.swap_remove((leader - 1) as usize);
+    drop(conns);
+    let mut leader_node = None;
+    for (i, node) in cluster.nodes.into_iter().enumerate() {
+        if i == (leader - 1) as usize {
+            leader_node = Some(node);
+        } else {
+            node.stop().await.expect("a follower stops cleanly");
+        }
+    }
+    let leader_node = leader_node.expect("the leader is one of the nodes");
+
+    let request = common::produce_request(TOPIC, common::batch(&[b"b"], -1, -1), 300);
+    let ResponseKind::Produce(mut r) = leader_conn.call(ApiKey::Produce, 9, request).await else {
+        panic!("wrong kind")
+    };
+    let p = r.responses.remove(0).partition_responses.remove(0);
+    assert_eq!(p.error_code, REQUEST_TIMED_OUT, "{:?}", p.error_message);
+
+    // A produce that would wait a minute is pending when the leader is told to stop: its batch
+    // is in the leader's log (appended when the request started), waiting for a majority.
+    let dir = cluster._dirs[(leader - 1) as usize].path().to_path_buf();
+    let before = segment_bytes(&dir, &format!("{TOPIC}-0"));
+    let request = common::produce_request(TOPIC, common::batch(&[b"c"], -1, -1), 60_000);
+    leader_conn.send(ApiKey::Produce, 9, &request).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while segment_bytes(&dir, &format!("{TOPIC}-0")) == before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the produce never reached the leader's log"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stopped = tokio::time::timeout(Duration::from_secs(30), leader_node.stop()).await;
+    assert!(
+        stopped.is_ok(),
+        "the leader did not stop within 30 s of being told to, with a produce pending"
+    );
+    // The client is not answered (nothing was committed); its connection is closed.
+    assert!(leader_conn.read_frame().await.is_none());
 }

@@ -3,6 +3,7 @@
 //! demands.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_request::ProduceRequest;
@@ -32,6 +33,15 @@ pub(crate) fn start(broker: &Arc<Broker>, req: ProduceRequest, version: i16) -> 
         _ => None,
     };
     let now = now_ms();
+    // Kafka answers an acks=all produce that is not acknowledged within the request's
+    // `timeout_ms` with REQUEST_TIMED_OUT (the records may still commit later: the client's
+    // retry, deduplicated for an idempotent producer, settles it). So a partition that lost
+    // its quorum cannot hold a request, or a shutting-down broker, forever. A timeout of 0 or
+    // less waits without bound: Kafka would time it out at once, which no client asks for.
+    let deadline = (acks == Some(Acks::All) && req.timeout_ms > 0).then(|| {
+        tokio::time::Instant::now() + Duration::from_millis(req.timeout_ms.unsigned_abs().into())
+    });
+    let timeout_ms = req.timeout_ms;
     let image = broker.cluster.image();
     let mut topics: Vec<(TopicName, uuid::Uuid, Vec<PartitionResult>)> = Vec::new();
     for topic in req.topic_data {
@@ -101,8 +111,20 @@ pub(crate) fn start(broker: &Arc<Broker>, req: ProduceRequest, version: i16) -> 
                 t.partition_responses.push(match r {
                     PartitionResult::Done(p) => p,
                     PartitionResult::Pending(index, pending) => {
-                        match pending.acknowledged().await {
-                            Ok(outcome) => {
+                        let acknowledged = match deadline {
+                            Some(at) => tokio::time::timeout_at(at, pending.acknowledged()).await,
+                            None => Ok(pending.acknowledged().await),
+                        };
+                        match acknowledged {
+                            Err(_) => error_response(
+                                index,
+                                ResponseError::RequestTimedOut.code(),
+                                Some(format!(
+                                    "not acknowledged by the in-sync replicas within timeout_ms ({timeout_ms})"
+                                )),
+                                version,
+                            ),
+                            Ok(Ok(outcome)) => {
                                 let mut p = PartitionProduceResponse::default();
                                 p.index = index;
                                 p.base_offset = outcome.base_offset;
@@ -112,7 +134,7 @@ pub(crate) fn start(broker: &Arc<Broker>, req: ProduceRequest, version: i16) -> 
                                 }
                                 p
                             }
-                            Err(e) => {
+                            Ok(Err(e)) => {
                                 error_response(index, e.error_code(), Some(e.to_string()), version)
                             }
                         }

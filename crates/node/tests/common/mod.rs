@@ -159,6 +159,21 @@ pub async fn produce_one(
     topic: &str,
     batch: Bytes,
 ) -> kafka_protocol::messages::produce_response::PartitionProduceResponse {
+    let ResponseKind::Produce(mut r) = conn
+        .call(
+            ApiKey::Produce,
+            version,
+            produce_request(topic, batch, 10_000),
+        )
+        .await
+    else {
+        panic!("wrong kind")
+    };
+    r.responses.remove(0).partition_responses.remove(0)
+}
+
+/// An acks=all produce of `batch` to partition 0 of `topic`.
+pub fn produce_request(topic: &str, batch: Bytes, timeout_ms: i32) -> RequestKind {
     use kafka_protocol::messages::TopicName;
     use kafka_protocol::messages::produce_request::{
         PartitionProduceData, ProduceRequest, TopicProduceData,
@@ -173,13 +188,7 @@ pub async fn produce_one(
     t.partition_data = vec![p];
     let mut req = ProduceRequest::default();
     req.acks = -1;
-    req.timeout_ms = 10_000;
+    req.timeout_ms = timeout_ms;
     req.topic_data = vec![t];
-    let ResponseKind::Produce(mut r) = conn
-        .call(ApiKey::Produce, version, RequestKind::Produce(req))
-        .await
-    else {
-        panic!("wrong kind")
-    };
-    r.responses.remove(0).partition_responses.remove(0)
+    RequestKind::Produce(req)
 }
