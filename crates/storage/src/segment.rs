@@ -44,8 +44,11 @@ const RESERVE_MAX: u64 = 16 << 20;
 /// `reserved` once the file system has refused `fallocate`: no further attempts.
 const RESERVE_UNSUPPORTED: u64 = u64::MAX;
 /// The page size `drop_cached` rounds to (4 KiB where Sluice runs; with larger pages the
-/// kernel would keep the pages that straddle one fsync's start cached).
+/// kernel keeps the page that straddles each call's start).
 const DROP_PAGE: u64 = 4096;
+/// How much of a segment's newest durable bytes `drop_cached` leaves cached: more than the
+/// entries Raft may still read back to apply them (the recent-entry cache holds 8 MiB).
+const DROP_BEHIND: u64 = 32 << 20;
 
 /// Index state of the segment being written: entries in memory, flushed to disk in bulk.
 #[derive(Debug, Default)]
@@ -86,6 +89,8 @@ pub(crate) struct Segment {
     file: File,
     committed: AtomicU64,
     synced: AtomicU64,
+    /// Bytes before this were dropped from the page cache (`drop_cached`).
+    uncached: AtomicU64,
     /// End of the blocks reserved for this file (may be past its length); written by appends.
     reserved: AtomicU64,
     index_unsynced: AtomicBool,
@@ -175,6 +180,7 @@ impl Segment {
             file,
             committed: AtomicU64::new(size),
             synced: AtomicU64::new(size),
+            uncached: AtomicU64::new(0),
             reserved: AtomicU64::new(size),
             index_unsynced: AtomicBool::new(false),
             index: RwLock::new(index),
@@ -277,6 +283,9 @@ impl Segment {
     /// Sets the file's length to `pos`, which also frees any reservation past it.
     fn cut(&self, pos: u64) -> io::Result<()> {
         self.file.set_len(pos)?;
+        // What is appended again from here is cached until dropped anew.
+        self.uncached
+            .fetch_min(pos & !(DROP_PAGE - 1), Ordering::AcqRel);
         if self.reserved.load(Ordering::Relaxed) != RESERVE_UNSUPPORTED {
             self.reserved.store(pos, Ordering::Relaxed);
         }
@@ -473,12 +482,11 @@ impl Segment {
     /// the pages just made durable then leave the page cache.
     pub(crate) fn sync(&self, drop_cached: bool) -> io::Result<()> {
         let committed = self.size();
-        let synced = self.synced.load(Ordering::Acquire);
-        if synced < committed {
+        if self.synced.load(Ordering::Acquire) < committed {
             self.file.sync_data()?;
             self.synced.fetch_max(committed, Ordering::AcqRel);
             if drop_cached {
-                self.drop_cached(synced, committed);
+                self.drop_cached(committed);
             }
         }
         if self.index_unsynced.swap(false, Ordering::AcqRel) {
@@ -496,19 +504,23 @@ impl Segment {
         Ok(())
     }
 
-    /// Asks the kernel to drop the clean cached pages of `[from, to)`. From the page holding
-    /// `from`, since the last call left that partly written page in place; the kernel keeps
-    /// the partial page at `to` for the next append. Advice only: a failure costs memory, not
-    /// data, so it is logged and otherwise ignored.
-    fn drop_cached(&self, from: u64, to: u64) {
-        let start = from & !(DROP_PAGE - 1);
-        let Some(len) = std::num::NonZeroU64::new(to - start) else {
+    /// Asks the kernel to drop the clean cached pages from where the last call stopped to
+    /// `DROP_BEHIND` before `durable`, whole pages only. The newest bytes stay: Raft applies a
+    /// committed entry by reading it back (from memory while it is among the partition's
+    /// recent entries, else from here), and the partly written last page must not be dropped,
+    /// as the next append into it would first read it back from disk. Advice only: a failure
+    /// costs memory, not data, so it is logged and otherwise ignored.
+    fn drop_cached(&self, durable: u64) {
+        let start = self.uncached.load(Ordering::Acquire);
+        let end = durable.saturating_sub(DROP_BEHIND) & !(DROP_PAGE - 1);
+        let Some(len) = end.checked_sub(start).and_then(std::num::NonZeroU64::new) else {
             return;
         };
-        if let Err(e) =
-            rustix::fs::fadvise(&self.file, start, Some(len), rustix::fs::Advice::DontNeed)
-        {
-            tracing::debug!(segment = %self.path("log").display(), error = %e, "could not drop durable pages from the page cache");
+        match rustix::fs::fadvise(&self.file, start, Some(len), rustix::fs::Advice::DontNeed) {
+            Ok(()) => self.uncached.store(end, Ordering::Release),
+            Err(e) => {
+                tracing::debug!(segment = %self.path("log").display(), error = %e, "could not drop durable pages from the page cache");
+            }
         }
     }
 
