@@ -163,6 +163,24 @@ async fn fetch(conn: &mut Conn) -> (i16, usize) {
     (p.error_code, p.records.as_ref().map_or(0, Bytes::len))
 }
 
+/// A connection to each node, in node order.
+async fn connect_all(cluster: &Cluster) -> Vec<Conn> {
+    let mut conns = Vec::new();
+    for a in &cluster.addrs {
+        conns.push(Conn::connect(*a).await);
+    }
+    conns
+}
+
+/// A topic with one partition replicated on all three nodes.
+fn one_partition_rf3(topic: &str) -> CreatableTopic {
+    let mut t = CreatableTopic::default();
+    t.name = name(topic);
+    t.num_partitions = 1;
+    t.replication_factor = 3;
+    t
+}
+
 /// Bytes in the segment files of the partition directory `partition` anywhere under `dir`.
 fn segment_bytes(dir: &std::path::Path, partition: &str) -> u64 {
     let mut total = 0;
@@ -227,10 +245,7 @@ async fn agreed_leader(conns: &mut [Conn], topic: &str) -> i32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicated_partitions_answer_from_the_leader_and_check_sequences_there() {
     let cluster = start_three().await;
-    let mut conns = Vec::new();
-    for a in &cluster.addrs {
-        conns.push(Conn::connect(*a).await);
-    }
+    let mut conns = connect_all(&cluster).await;
 
     // Every node names the same cluster and the same controller.
     let mut seen = Vec::new();
@@ -243,14 +258,8 @@ async fn replicated_partitions_answer_from_the_leader_and_check_sequences_there(
 
     // CreateTopics sent to a node that is not the controller: it forwards the change.
     let other = (controller as usize) % 3;
-    let mut topic = CreatableTopic::default();
-    topic.name = name(TOPIC);
-    topic.num_partitions = 1;
-    topic.replication_factor = 3;
-    let mut stamped = CreatableTopic::default();
-    stamped.name = name(STAMPED);
-    stamped.num_partitions = 1;
-    stamped.replication_factor = 3;
+    let topic = one_partition_rf3(TOPIC);
+    let mut stamped = one_partition_rf3(STAMPED);
     let mut c = CreatableTopicConfig::default();
     c.name = StrBytes::from_static_str("message.timestamp.type");
     c.value = Some(StrBytes::from_static_str("LogAppendTime"));
@@ -362,14 +371,8 @@ async fn replicated_partitions_answer_from_the_leader_and_check_sequences_there(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_produce_without_a_quorum_times_out_and_does_not_hold_a_stopping_leader() {
     let cluster = start_three().await;
-    let mut conns = Vec::new();
-    for a in &cluster.addrs {
-        conns.push(Conn::connect(*a).await);
-    }
-    let mut topic = CreatableTopic::default();
-    topic.name = name(TOPIC);
-    topic.num_partitions = 1;
-    topic.replication_factor = 3;
+    let mut conns = connect_all(&cluster).await;
+    let topic = one_partition_rf3(TOPIC);
     create_topics(&mut conns[0], vec![topic]).await;
     let leader = agreed_leader(&mut conns, TOPIC).await;
     let r = produce(
