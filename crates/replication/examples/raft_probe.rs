@@ -91,7 +91,7 @@ async fn main() {
         let sm = CommitMachine::open(&store);
         let config = partition_config("bench-0", Duration::from_millis(100)).expect("config");
         let network = GroupNetwork::new(peers, "bench-0");
-        let raft = Raft::new(id, Arc::new(config), network, store, sm)
+        let raft = Raft::new(id, Arc::new(config), network, store.for_raft_core(), sm)
             .await
             .expect("raft");
         let server = RaftServer::default();

@@ -97,9 +97,15 @@ impl MetadataGroup {
         let store = SegmentRaftLog::open(Arc::clone(&log)).map_err(|e| failed(&e))?;
         let sm = CommitMachine::open(&store);
         let raft_config = partition_config(METADATA_GROUP, heartbeat).map_err(|e| failed(&e))?;
-        let raft = Raft::new(node_id, Arc::new(raft_config), network, store, sm)
-            .await
-            .map_err(|e| failed(&e))?;
+        let raft = Raft::new(
+            node_id,
+            Arc::new(raft_config),
+            network,
+            store.for_raft_core(),
+            sm,
+        )
+        .await
+        .map_err(|e| failed(&e))?;
         if fresh {
             match raft.initialize(voters.clone()).await {
                 Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}

@@ -17,26 +17,15 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use openraft::{Raft, RaftNetworkFactory, ServerState};
+use openraft::{Raft, ServerState};
 use sluice_replication::raft::PartitionRaft;
 use sluice_storage::PartitionLog;
 
 mod common;
-use common::{WAIT, open_member, stored, write};
+use common::{NoNetwork, WAIT, open_member, stored, write};
 
 const CHILD_ENV: &str = "SLUICE_RAFT_CRASH_CHILD_DIR";
 const ROUNDS: usize = 8;
-
-/// A one-member group needs no network: openraft never calls it.
-struct NoNetwork;
-
-impl RaftNetworkFactory<PartitionRaft> for NoNetwork {
-    type Network = common::Unreachable;
-
-    async fn new_client(&mut self, _target: u64, _node: &openraft::EmptyNode) -> Self::Network {
-        common::Unreachable
-    }
-}
 
 async fn start(dir: &Path) -> (Arc<PartitionLog>, Raft<PartitionRaft>) {
     let (log, raft) = open_member(dir, "crash-0", 1, NoNetwork).await;

@@ -62,7 +62,7 @@ async fn start_with(
                 let sm = CommitMachine::open(&store).with_catch_up(Arc::new(network.clone()));
                 let config = partition_config_with(group, Duration::from_millis(50), every, kept)
                     .expect("config");
-                let raft = Raft::new(id, Arc::new(config), network, store, sm)
+                let raft = Raft::new(id, Arc::new(config), network, store.for_raft_core(), sm)
                     .await
                     .expect("raft");
                 (log, raft)

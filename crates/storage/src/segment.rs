@@ -46,8 +46,8 @@ const RESERVE_UNSUPPORTED: u64 = u64::MAX;
 /// The page size `drop_cached` rounds to (4 KiB where Sluice runs; with larger pages the
 /// kernel keeps the page that straddles each call's start).
 const DROP_PAGE: u64 = 4096;
-/// How much of a segment's newest durable bytes `drop_cached` leaves cached: more than the
-/// entries Raft may still read back to apply them (the recent-entry cache holds 8 MiB).
+/// How much of a segment's newest durable bytes `drop_cached` leaves cached: the tail a
+/// follower that becomes leader serves its consumers from.
 const DROP_BEHIND: u64 = 32 << 20;
 
 /// Index state of the segment being written: entries in memory, flushed to disk in bulk.
@@ -505,10 +505,10 @@ impl Segment {
     }
 
     /// Asks the kernel to drop the clean cached pages from where the last call stopped to
-    /// `DROP_BEHIND` before `durable`, whole pages only. The newest bytes stay: Raft applies a
-    /// committed entry by reading it back (from memory while it is among the partition's
-    /// recent entries, else from here), and the partly written last page must not be dropped,
-    /// as the next append into it would first read it back from disk. Advice only: a failure
+    /// `DROP_BEHIND` before `durable`, whole pages only. The newest bytes stay: a follower that
+    /// becomes leader serves consumers at the tail from them, and the partly written last page
+    /// must not be dropped, as the next append into it would first read it back from disk.
+    /// Advice only: a failure
     /// costs memory, not data, so it is logged and otherwise ignored.
     fn drop_cached(&self, durable: u64) {
         let start = self.uncached.load(Ordering::Acquire);

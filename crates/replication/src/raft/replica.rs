@@ -113,9 +113,15 @@ impl RaftReplica {
         let sm = CommitMachine::open(&store).with_catch_up(Arc::new(network.clone()));
         let acks = network.ack_times();
         let config = super::partition_config(log.name(), heartbeat).map_err(|e| failed(&e))?;
-        let raft = Raft::new(node_id, Arc::new(config), network, store, sm)
-            .await
-            .map_err(|e| failed(&e))?;
+        let raft = Raft::new(
+            node_id,
+            Arc::new(config),
+            network,
+            store.for_raft_core(),
+            sm,
+        )
+        .await
+        .map_err(|e| failed(&e))?;
         if fresh {
             let voters: BTreeSet<u64> = replicas.iter().copied().collect();
             match raft.initialize(voters).await {

@@ -61,7 +61,7 @@ pub async fn open_member<N: RaftNetworkFactory<PartitionRaft>>(
     let store = SegmentRaftLog::open(Arc::clone(&log)).expect("open raft log");
     let sm = CommitMachine::open(&store);
     let config = partition_config(group, Duration::from_millis(50)).expect("config");
-    let raft = Raft::new(id, Arc::new(config), network, store, sm)
+    let raft = Raft::new(id, Arc::new(config), network, store.for_raft_core(), sm)
         .await
         .expect("raft");
     (log, raft)
@@ -131,6 +131,17 @@ pub fn last_index(raft: &Raft<PartitionRaft>) -> u64 {
         .borrow()
         .last_log_index
         .expect("a last log index")
+}
+
+/// A one-member group needs no network: openraft never calls it.
+pub struct NoNetwork;
+
+impl RaftNetworkFactory<PartitionRaft> for NoNetwork {
+    type Network = Unreachable;
+
+    async fn new_client(&mut self, _target: u64, _node: &openraft::EmptyNode) -> Self::Network {
+        Unreachable
+    }
 }
 
 /// A network that reaches nobody (one-member groups never use it).
