@@ -508,8 +508,7 @@ impl Segment {
     /// `DROP_BEHIND` before `durable`, whole pages only. The newest bytes stay: a follower that
     /// becomes leader serves consumers at the tail from them, and the partly written last page
     /// must not be dropped, as the next append into it would first read it back from disk.
-    /// Advice only: a failure
-    /// costs memory, not data, so it is logged and otherwise ignored.
+    /// Advice only: a failure costs memory, not data, so it is logged and otherwise ignored.
     fn drop_cached(&self, durable: u64) {
         let start = self.uncached.load(Ordering::Acquire);
         let end = durable.saturating_sub(DROP_BEHIND) & !(DROP_PAGE - 1);
