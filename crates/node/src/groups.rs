@@ -26,6 +26,7 @@ use crate::cluster::{Cluster, OFFSETS_TOPIC};
 use crate::config::BrokerConfig;
 use crate::handlers::now_ms;
 use sluice_replication::partition::Partition;
+use sluice_replication::raft::replica::leads;
 
 /// Requests queued for the coordinator task; a full queue pushes back on connections.
 const QUEUE: usize = 1024;
@@ -273,13 +274,10 @@ async fn follow_offsets_leadership(partition: Arc<Partition>, tx: mpsc::Sender<C
         return;
     };
     let p = partition.index();
-    let mut metrics = replica.raft().metrics();
+    let mut roles = replica.roles();
     let mut leading = false;
     loop {
-        let now_leading = {
-            metrics.borrow_and_update();
-            replica.is_leader()
-        };
+        let now_leading = leads(&roles.borrow_and_update());
         if now_leading && !leading {
             leading = true;
             if tx.send(Command::Gained(p)).await.is_err() {
@@ -292,12 +290,12 @@ async fn follow_offsets_leadership(partition: Arc<Partition>, tx: mpsc::Sender<C
                 if *hw.borrow_and_update() >= partition.log().log_end_offset() {
                     break true;
                 }
-                if !replica.is_leader() {
+                if !leads(&roles.borrow_and_update()) {
                     break false;
                 }
                 tokio::select! {
                     changed = hw.changed() => if changed.is_err() { return },
-                    changed = metrics.changed() => if changed.is_err() { return },
+                    changed = roles.changed() => if changed.is_err() { return },
                 }
             };
             if !caught_up {
@@ -352,7 +350,7 @@ async fn follow_offsets_leadership(partition: Arc<Partition>, tx: mpsc::Sender<C
                 return;
             }
         }
-        if metrics.changed().await.is_err() {
+        if roles.changed().await.is_err() {
             return;
         }
     }

@@ -16,12 +16,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
-use openraft::{Raft, ServerState};
+use openraft::metrics::RaftServerMetrics;
+use openraft::{EmptyNode, Raft, ServerState};
 use sluice_protocol::batch::set_log_append_time;
 use sluice_storage::config::TimestampType;
 use sluice_storage::{AppendError, PartitionLog};
 use std::future::Future;
 use std::pin::Pin;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::sequencer::{Sequencer, Verdict};
@@ -174,6 +176,14 @@ impl RaftReplica {
     /// The leader as this replica knows it.
     pub fn leader(&self) -> Option<u64> {
         self.raft.metrics().borrow().current_leader
+    }
+
+    /// This member's role as it changes (state, leader, term, membership), and nothing else.
+    /// `Raft::metrics` is sent at every turn of the Raft core (every heartbeat), so a task
+    /// that only follows leadership would wake hundreds of times a second across a node's
+    /// partitions; see [`leads`].
+    pub fn roles(&self) -> watch::Receiver<RaftServerMetrics<u64, EmptyNode>> {
+        self.raft.server_metrics()
     }
 
     /// True while this replica leads.
@@ -346,6 +356,11 @@ impl RaftReplica {
 /// A batch on its way to commit (see [`RaftReplica::submit`]).
 pub type Committing = Pin<Box<dyn Future<Output = Result<Appended, ReplicaError>> + Send>>;
 
+/// Whether the member whose role `m` is leads its group.
+pub fn leads(m: &RaftServerMetrics<u64, EmptyNode>) -> bool {
+    m.state == ServerState::Leader && m.current_leader == Some(m.id)
+}
+
 fn lock_sequencer(m: &Mutex<Sequencer>) -> MutexGuard<'_, Sequencer> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -388,12 +403,13 @@ async fn follow_role(
     samples: Arc<Mutex<Samples>>,
     lag: Duration,
 ) {
-    let mut rx = raft.metrics();
+    // Role changes wake this task; the log end is watched only while leading (a follower's
+    // task then sleeps through its appends and the leader's heartbeats).
+    let mut roles = raft.server_metrics();
+    let mut data = raft.data_metrics();
     loop {
-        let (leader, index) = {
-            let m = rx.borrow_and_update();
-            (m.state == ServerState::Leader, m.last_log_index)
-        };
+        let leader = roles.borrow_and_update().state == ServerState::Leader;
+        let index = data.borrow_and_update().last_log.map(|l| l.index);
         log.set_keep_cached(leader);
         {
             let mut s = lock(&samples);
@@ -413,7 +429,11 @@ async fn follow_role(
                 }
             }
         }
-        if rx.changed().await.is_err() {
+        let changed = tokio::select! {
+            changed = roles.changed() => changed,
+            changed = data.changed(), if leader => changed,
+        };
+        if changed.is_err() {
             return;
         }
     }
