@@ -158,8 +158,8 @@ fn a_log_that_does_not_keep_its_pages_gives_back_all_but_its_newest_once_durable
             // Nothing asked the kernel to drop them and memory is not short.
             assert!(cached > size / 2, "{cached} of {size} bytes cached");
         } else {
-            // The newest KEPT bytes stay (Raft may still read them back to apply them); of the
-            // older ones at most a few pages the kernel could not drop at that moment.
+            // The newest KEPT bytes stay (the tail a follower that becomes leader serves); of
+            // the older ones at most a few pages the kernel could not drop at that moment.
             assert!(
                 (KEPT..=KEPT + (1 << 20)).contains(&cached),
                 "{cached} of {size} bytes cached"

@@ -93,8 +93,9 @@ pub(crate) struct Table {
     next_offset: i64,
     state: RaftState,
     /// The latest data entries' bytes, by index (ascending): a leader reads them back to
-    /// replicate and both sides to apply, right after appending, and the cache spares that read
-    /// (and its CRC pass). At most [`RECENT_BYTES`], and only the newest entry while all
+    /// replicate, right after appending, and the cache spares that read (and its CRC pass).
+    /// (Applying reads no records, see [`SegmentRaftLog::for_raft_core`]; a follower keeps
+    /// them for when it leads.) At most [`RECENT_BYTES`], and only the newest entry while all
     /// partitions together hold more than [`RECENT_BYTES_TOTAL`].
     recent: VecDeque<(u64, Bytes)>,
     recent_bytes: usize,
