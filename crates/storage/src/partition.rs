@@ -472,8 +472,8 @@ impl PartitionLog {
     /// Whether what this log writes stays in the page cache once it is durable (the default).
     ///
     /// A Raft follower's log is read only if it becomes leader, so it gives its pages back
-    /// once they are fsynced, all but each segment's newest 32 MiB (which Raft may still read
-    /// back to apply): the page cache then holds the tails consumers read from the partitions
+    /// once they are fsynced, all but each segment's newest 32 MiB (the tail it serves if it
+    /// becomes leader): the page cache then holds the tails consumers read from the partitions
     /// this node leads, and the follower's next appends reuse memory just freed instead of
     /// first-touching new pages (on a VM whose host reclaims free memory, that first touch is
     /// most of a write's cost: docs/benchmarks.md). Takes effect from the next fsync.
