@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -185,6 +186,41 @@ def test_size_retention_keeps_the_newest_data(node_factory):
     assert stored[-1] == (1999, b"01999" * 10)
     first = stored[0][0]
     assert first > 0 and [o for o, _ in stored] == list(range(first, 2000))
+
+
+def cached_bytes(path: Path) -> int:
+    """Bytes of `path` in the page cache, as util-linux's fincore counts them."""
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                         check=True, capture_output=True, text=True)
+    return int(out.stdout.strip())
+
+
+def test_a_leader_keeps_its_newest_bytes_cached_and_serves_older_ones_from_disk(node_factory):
+    tail = 8 << 20
+    node = node_factory({"sluice.log.cache.tail.bytes": str(tail)})
+    topic = "dur-cache-tail"
+    make_topic(node, topic, config={"segment.bytes": str(16 << 20)})
+    p = Producer({"bootstrap.servers": node.bootstrap, "acks": "all", "linger.ms": 5})
+    values = [os.urandom(1000) for _ in range(40_000)]
+    for v in values:
+        while True:
+            try:
+                p.produce(topic, value=v, partition=0)
+                break
+            except BufferError:
+                p.poll(0.1)
+    assert p.flush(60) == 0
+    files = segments(node, topic)
+    assert len(files) >= 3, files
+    # The newest 8 MiB stay (give or take a page per segment the kernel was busy with);
+    # everything older left the page cache after the fsync that made it durable.
+    cached = lambda: sum(cached_bytes(f) for f in segments(node, topic))  # noqa: E731
+    wait_until(lambda: tail - (1 << 20) <= cached() <= tail + (1 << 20), 30,
+               "the page cache to hold only the log's newest 8 MiB")
+    # A consumer from the start reads the dropped part back from disk, every byte of it.
+    stored = read_all(node, topic)
+    assert [o for o, _ in stored] == list(range(len(values)))
+    assert [v for _, v in stored] == values
 
 
 def test_a_damaged_metadata_store_costs_no_partition_data(node):

@@ -563,6 +563,13 @@ static BROKER_ONLY: &[(&str, ConfigType, &str, Rule)] = &[
         "10000",
         Rule::Range(0, I32MAX),
     ),
+    // Not a Kafka key (Kafka leaves the page cache to the kernel): see `cache_tail_bytes`.
+    (
+        "sluice.log.cache.tail.bytes",
+        ConfigType::Long,
+        "268435456",
+        Rule::Range(-1, i64::MAX),
+    ),
 ];
 
 /// Looks up a topic config key.
@@ -778,6 +785,12 @@ impl BrokerLogConfig {
     /// `log.flush.offset.checkpoint.interval.ms`: how often changed logs write a checkpoint.
     pub fn checkpoint_interval_ms(&self) -> i64 {
         self.long("log.flush.offset.checkpoint.interval.ms")
+    }
+    /// `sluice.log.cache.tail.bytes`: how many of each led partition's newest written bytes
+    /// stay in the page cache once durable (older pages are dropped as the log grows); `None`
+    /// for -1, which leaves every page to the kernel as Kafka does.
+    pub fn cache_tail_bytes(&self) -> Option<u64> {
+        u64::try_from(self.long("sluice.log.cache.tail.bytes")).ok()
     }
 
     /// The broker-level value of a topic key and where it comes from (broker or default).

@@ -48,6 +48,7 @@ pub use error::{AppendError, ReadError, StorageError};
 pub use manager::LogManager;
 pub use metadata::MetadataStore;
 pub use partition::{
-    AppendOutcome, PartitionLog, ProducerCheck, ReadResult, RecoveryStats, RetentionOutcome,
+    AppendOutcome, FOLLOWER_CACHE_TAIL, PartitionLog, ProducerCheck, ReadResult, RecoveryStats,
+    RetentionOutcome,
 };
 pub use sluice_protocol::batch::BatchError;

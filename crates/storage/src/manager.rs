@@ -107,8 +107,12 @@ impl LogManager {
                             break;
                         };
                         let result =
-                            PartitionLog::open(&dir, &topic, partition, config_for(&topic))
-                                .map(|log| (topic, partition, log));
+                            PartitionLog::open(&dir, &topic, partition, config_for(&topic)).map(
+                                |log| {
+                                    log.set_page_cache_tail(broker.cache_tail_bytes());
+                                    (topic, partition, log)
+                                },
+                            );
                         opened
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
@@ -185,6 +189,7 @@ impl LogManager {
         }
         let dir = self.data_dir.join(format!("{topic}-{partition}"));
         let log = Arc::new(PartitionLog::open(&dir, topic, partition, config)?);
+        log.set_page_cache_tail(self.broker.cache_tail_bytes());
         logs.insert((topic.to_string(), partition), Arc::clone(&log));
         Ok(log)
     }

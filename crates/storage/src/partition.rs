@@ -30,6 +30,10 @@ use crate::segment::{self, ActiveIndex, Segment};
 /// Offset index entries an active segment may hold before it rolls (10 MiB / 8 B).
 const MAX_INDEX_ENTRIES: usize = 10 * 1024 * 1024 / 8;
 
+/// The newest bytes of its log a Raft follower keeps in the page cache: the tail it serves its
+/// consumers from if it becomes leader (see [`PartitionLog::set_leading`]).
+pub const FOLLOWER_CACHE_TAIL: u64 = 32 << 20;
+
 /// What an append did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendOutcome {
@@ -153,8 +157,10 @@ pub(crate) struct Inner {
     pub(crate) hw_tx: watch::Sender<i64>,
     /// Single-replica mode: every fsync pass moves the high watermark to what it made durable.
     hw_follows_durable: AtomicBool,
-    /// A follower's log: pages leave the page cache once fsynced (see `set_keep_cached`).
-    drop_cache_when_durable: AtomicBool,
+    /// Newest written bytes kept in the page cache while leading (`u64::MAX`: all), and
+    /// whether this replica leads; see `set_page_cache_tail`.
+    cache_tail: AtomicU64,
+    leading: AtomicBool,
     closed: AtomicBool,
     failure: Mutex<Option<String>>,
     pub(crate) flush_queued: AtomicBool,
@@ -222,7 +228,8 @@ impl PartitionLog {
             durable: AtomicI64::new(leo),
             durable_tx,
             hw_follows_durable: AtomicBool::new(false),
-            drop_cache_when_durable: AtomicBool::new(false),
+            cache_tail: AtomicU64::new(u64::MAX),
+            leading: AtomicBool::new(true),
             hw_tx,
             state: Mutex::new(AppendState {
                 producers: recovered.producers,
@@ -469,18 +476,28 @@ impl PartitionLog {
         }
     }
 
-    /// Whether what this log writes stays in the page cache once it is durable (the default).
+    /// How much of what this log writes stays in the page cache once it is durable while this
+    /// replica leads: the newest `tail` bytes, older pages are dropped as the log grows
+    /// (`posix_fadvise(DONTNEED)` after each fsync pass); `None` (the default) leaves every
+    /// page to the kernel.
     ///
-    /// A Raft follower's log is read only if it becomes leader, so it gives its pages back
-    /// once they are fsynced, all but each segment's newest 32 MiB (the tail it serves if it
-    /// becomes leader): the page cache then holds the tails consumers read from the partitions
-    /// this node leads, and the follower's next appends reuse memory just freed instead of
-    /// first-touching new pages (on a VM whose host reclaims free memory, that first touch is
-    /// most of a write's cost: docs/benchmarks.md). Takes effect from the next fsync.
-    pub fn set_keep_cached(&self, keep: bool) {
+    /// Consumers at or near the end read the tail from memory; those further behind read from
+    /// disk, and the pages they read stay cached as the kernel sees fit. Appends then reuse
+    /// memory just freed instead of first-touching new pages: on a VM whose host reclaims
+    /// free memory, that first touch is most of a write's cost (docs/benchmarks.md, "Page
+    /// cache"). Takes effect from the next fsync pass.
+    pub fn set_page_cache_tail(&self, tail: Option<u64>) {
         self.inner
-            .drop_cache_when_durable
-            .store(!keep, Ordering::Release);
+            .cache_tail
+            .store(tail.unwrap_or(u64::MAX), Ordering::Release);
+    }
+
+    /// Whether this replica leads the partition (the default). A Raft follower's log is read
+    /// only if it becomes leader, so it keeps at most [`FOLLOWER_CACHE_TAIL`] of its newest
+    /// bytes cached (what it serves its consumers from if it becomes leader), whatever
+    /// [`PartitionLog::set_page_cache_tail`] says.
+    pub fn set_leading(&self, leading: bool) {
+        self.inner.leading.store(leading, Ordering::Release);
     }
 
     /// High watermark changes (for long-polling fetches).
@@ -913,9 +930,8 @@ impl Inner {
             // is a few atomic loads per segment and never misses one.
             segs.iter().filter(|s| !s.is_synced()).cloned().collect()
         };
-        let drop_cached = self.drop_cache_when_durable.load(Ordering::Acquire);
         for s in &dirty {
-            s.sync(drop_cached)?;
+            s.sync()?;
         }
         if self.hw_follows_durable.load(Ordering::Acquire) {
             self.advance_high_watermark(target);
@@ -933,7 +949,32 @@ impl Inner {
         if self.log_end.load(Ordering::Acquire) == target {
             self.oldest_unflushed_ms.store(i64::MAX, Ordering::Release);
         }
+        // After the waiters are woken: dropping pages is no reason to delay an acknowledgement.
+        if !dirty.is_empty() {
+            self.drop_cached_behind();
+        }
         Ok(())
+    }
+
+    /// Drops durable pages older than the newest `cache_tail` bytes of the log (see
+    /// `set_page_cache_tail`), newest segment first, stopping at the first segment that lies
+    /// wholly behind the tail and was dropped already (every older one was, before it).
+    fn drop_cached_behind(&self) {
+        let mut keep = self.cache_tail.load(Ordering::Acquire);
+        if !self.leading.load(Ordering::Acquire) {
+            keep = keep.min(FOLLOWER_CACHE_TAIL);
+        }
+        if keep == u64::MAX {
+            return;
+        }
+        let segs = read(&self.segments);
+        for s in segs.iter().rev() {
+            if keep == 0 && s.all_dropped() {
+                break;
+            }
+            s.drop_cached(keep);
+            keep = keep.saturating_sub(s.size());
+        }
     }
 
     /// Background checkpoint (after a roll). Skipped once the log is closed or dropped, checked
@@ -1645,7 +1686,7 @@ fn recover(dir: &Path, name: &str, config: &LogConfig) -> Result<Recovered, Stor
     log_start = log_start.min(next_offset);
     if scanned_any {
         for s in &segments {
-            s.sync(false).map_err(ctx("fsync after recovery"))?;
+            s.sync().map_err(ctx("fsync after recovery"))?;
         }
     }
     Ok(Recovered {

@@ -43,12 +43,12 @@ const RESERVE_MIN: u64 = 256 << 10;
 const RESERVE_MAX: u64 = 16 << 20;
 /// `reserved` once the file system has refused `fallocate`: no further attempts.
 const RESERVE_UNSUPPORTED: u64 = u64::MAX;
+/// The largest folio the page cache uses for a file (a PMD: 2 MiB on x86-64 and 4 KiB-page
+/// arm64), which `drop_cached` allows for.
+const LARGE_FOLIO: u64 = 2 << 20;
 /// The page size `drop_cached` rounds to (4 KiB where Sluice runs; with larger pages the
 /// kernel keeps the page that straddles each call's start).
 const DROP_PAGE: u64 = 4096;
-/// How much of a segment's newest durable bytes `drop_cached` leaves cached: the tail a
-/// follower that becomes leader serves its consumers from.
-const DROP_BEHIND: u64 = 32 << 20;
 
 /// Index state of the segment being written: entries in memory, flushed to disk in bulk.
 #[derive(Debug, Default)]
@@ -180,7 +180,9 @@ impl Segment {
             file,
             committed: AtomicU64::new(size),
             synced: AtomicU64::new(size),
-            uncached: AtomicU64::new(0),
+            // What an existing file holds was not written by this process: pages of it are
+            // cached only if read, and those are the kernel's to keep or evict.
+            uncached: AtomicU64::new(size & !(DROP_PAGE - 1)),
             reserved: AtomicU64::new(size),
             index_unsynced: AtomicBool::new(false),
             index: RwLock::new(index),
@@ -478,16 +480,12 @@ impl Segment {
         Ok(())
     }
 
-    /// fsyncs the data (and index files, if written since the last sync); with `drop_cached`,
-    /// the pages just made durable then leave the page cache.
-    pub(crate) fn sync(&self, drop_cached: bool) -> io::Result<()> {
+    /// fsyncs the data (and index files, if written since the last sync).
+    pub(crate) fn sync(&self) -> io::Result<()> {
         let committed = self.size();
         if self.synced.load(Ordering::Acquire) < committed {
             self.file.sync_data()?;
             self.synced.fetch_max(committed, Ordering::AcqRel);
-            if drop_cached {
-                self.drop_cached(committed);
-            }
         }
         if self.index_unsynced.swap(false, Ordering::AcqRel) {
             for ext in ["index", "timeindex"] {
@@ -504,23 +502,45 @@ impl Segment {
         Ok(())
     }
 
-    /// Asks the kernel to drop the clean cached pages from where the last call stopped to
-    /// `DROP_BEHIND` before `durable`, whole pages only. The newest bytes stay: a follower that
-    /// becomes leader serves consumers at the tail from them, and the partly written last page
-    /// must not be dropped, as the next append into it would first read it back from disk.
-    /// Advice only: a failure costs memory, not data, so it is logged and otherwise ignored.
-    fn drop_cached(&self, durable: u64) {
-        let start = self.uncached.load(Ordering::Acquire);
-        let end = durable.saturating_sub(DROP_BEHIND) & !(DROP_PAGE - 1);
-        let Some(len) = end.checked_sub(start).and_then(std::num::NonZeroU64::new) else {
-            return;
+    /// Asks the kernel to drop the clean cached pages of this segment's durable bytes from where
+    /// the last call stopped to `keep` bytes before its durable end, whole pages only; with
+    /// `keep` 0 a sealed segment goes whole. The partly written last page of the active
+    /// segment always stays: the next append into it would first read it back from disk.
+    /// Pages consumers read back later are left to the kernel. Advice only: a failure costs
+    /// memory, not data, so it is logged and otherwise ignored.
+    pub(crate) fn drop_cached(&self, keep: u64) {
+        let durable = self.synced.load(Ordering::Acquire).min(self.size());
+        let uncached = self.uncached.load(Ordering::Acquire);
+        let whole = keep == 0 && durable == self.size() && !self.is_active();
+        let end = if whole {
+            durable
+        } else {
+            durable.saturating_sub(keep) & !(DROP_PAGE - 1)
         };
-        match rustix::fs::fadvise(&self.file, start, Some(len), rustix::fs::Advice::DontNeed) {
+        if end <= uncached {
+            return;
+        }
+        // The kernel drops only folios wholly inside the range, and the page cache holds large
+        // folios (up to LARGE_FOLIO, aligned to their size): one straddling where the last call
+        // stopped was skipped then, so this call starts at the boundary below and covers it.
+        let start = uncached & !(LARGE_FOLIO - 1);
+        let len = if whole {
+            None // to the end of the file, its last partial page and folio included
+        } else {
+            std::num::NonZeroU64::new(end - start)
+        };
+        match rustix::fs::fadvise(&self.file, start, len, rustix::fs::Advice::DontNeed) {
             Ok(()) => self.uncached.store(end, Ordering::Release),
             Err(e) => {
                 tracing::debug!(segment = %self.path("log").display(), error = %e, "could not drop durable pages from the page cache");
             }
         }
+    }
+
+    /// True when `drop_cached` has dropped every whole page of this segment (sealed segments
+    /// behind it were dropped before it).
+    pub(crate) fn all_dropped(&self) -> bool {
+        self.uncached.load(Ordering::Acquire) >= self.size() & !(DROP_PAGE - 1)
     }
 
     /// Cuts the file at `pos` (a batch boundary) and rebuilds the active index for what is left.
@@ -601,7 +621,7 @@ impl Segment {
                     });
                 }
                 self.set_active(ix)?;
-                self.sync(false)?;
+                self.sync()?;
                 guard = write_lock(&self.index);
                 *guard = IndexState::Sealed(None);
                 match load()? {

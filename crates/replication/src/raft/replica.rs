@@ -132,7 +132,7 @@ impl RaftReplica {
             }
         }
         let samples: Arc<Mutex<Samples>> = Arc::default();
-        log.set_keep_cached(false);
+        log.set_leading(false);
         let sampler = tokio::spawn(follow_role(
             raft.clone(),
             Arc::clone(&log),
@@ -410,7 +410,7 @@ async fn follow_role(
     loop {
         let leader = roles.borrow_and_update().state == ServerState::Leader;
         let index = data.borrow_and_update().last_log.map(|l| l.index);
-        log.set_keep_cached(leader);
+        log.set_leading(leader);
         {
             let mut s = lock(&samples);
             if !leader {
