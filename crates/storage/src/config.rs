@@ -567,7 +567,7 @@ static BROKER_ONLY: &[(&str, ConfigType, &str, Rule)] = &[
     (
         "sluice.log.cache.tail.bytes",
         ConfigType::Long,
-        "268435456",
+        "1073741824",
         Rule::Range(-1, i64::MAX),
     ),
 ];
