@@ -956,14 +956,47 @@ impl Inner {
         Ok(())
     }
 
+    /// The newest bytes this log keeps in the page cache (`u64::MAX`: all of them).
+    fn cache_keep(&self) -> u64 {
+        let keep = self.cache_tail.load(Ordering::Acquire);
+        if self.leading.load(Ordering::Acquire) {
+            keep
+        } else {
+            keep.min(FOLLOWER_CACHE_TAIL)
+        }
+    }
+
+    /// After a read of `[pos, end)` in `s`: when at least the cached tail's worth of newer
+    /// bytes follows it, the read was behind the tail and its pages leave the page cache again,
+    /// so a replay neither grows the cache nor evicts the tails. Counts newer segments from
+    /// the newest back, stopping once the tail is covered (one or two with default sizes).
+    fn drop_read_behind_tail(&self, s: &Segment, pos: u64, end: u64) {
+        let keep = self.cache_keep();
+        if keep == u64::MAX || end <= pos {
+            return;
+        }
+        let mut newer = s.size().saturating_sub(end);
+        if newer < keep {
+            for n in read(&self.segments).iter().rev() {
+                if n.base <= s.base {
+                    break;
+                }
+                newer = newer.saturating_add(n.size());
+                if newer >= keep {
+                    break;
+                }
+            }
+        }
+        if newer >= keep {
+            s.drop_read(pos, end);
+        }
+    }
+
     /// Drops durable pages older than the newest `cache_tail` bytes of the log (see
     /// `set_page_cache_tail`), newest segment first, stopping at the first segment that lies
     /// wholly behind the tail and was dropped already (every older one was, before it).
     fn drop_cached_behind(&self) {
-        let mut keep = self.cache_tail.load(Ordering::Acquire);
-        if !self.leading.load(Ordering::Acquire) {
-            keep = keep.min(FOLLOWER_CACHE_TAIL);
-        }
+        let mut keep = self.cache_keep();
         if keep == u64::MAX {
             return;
         }
@@ -1100,6 +1133,7 @@ impl Inner {
                 max_bytes
             };
             let buf = s.read(pos, limit).map_err(storage)?;
+            self.drop_read_behind_tail(&s, pos, pos + buf.len() as u64);
             let mut kept = 0usize;
             let mut next = offset;
             for item in iter_batches(&buf) {

@@ -718,18 +718,14 @@ impl Segment {
         let len = len.min(end.saturating_sub(pos) as usize);
         let mut buf = vec![0u8; len];
         self.file.read_exact_at(&mut buf, pos)?;
-        self.drop_read(pos, pos + len as u64);
         Ok(buf)
     }
 
-    /// After a read of `[pos, end)` behind the cached tail (a consumer catching up), drops the
-    /// whole pages read, and any large folio before them, from the page cache: the reader has
-    /// them, and the kernel's read-ahead for its next fetch then reuses the memory instead of
-    /// first-touching new pages. Within the tail nothing is dropped.
-    fn drop_read(&self, pos: u64, end: u64) {
-        if end > self.uncached.load(Ordering::Acquire) {
-            return;
-        }
+    /// Drops the whole pages of `[pos, end)`, just read behind the log's cached tail (a
+    /// consumer catching up), and any large folio before them, from the page cache: the reader
+    /// has them, and the kernel's read-ahead for its next fetch then reuses the memory instead
+    /// of first-touching new pages.
+    pub(crate) fn drop_read(&self, pos: u64, end: u64) {
         let start = pos & !(LARGE_FOLIO - 1);
         let end = end & !(DROP_PAGE - 1);
         let Some(len) = end.checked_sub(start).and_then(std::num::NonZeroU64::new) else {

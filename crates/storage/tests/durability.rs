@@ -250,3 +250,37 @@ fn a_leader_that_becomes_follower_gives_back_its_tail_beyond_the_followers() {
         "{cached} bytes cached as a follower"
     );
 }
+
+#[test]
+fn after_a_restart_reads_keep_the_tail_cached_and_with_no_tail_every_page() {
+    const MIB: u64 = 1 << 20;
+    let config = LogConfig {
+        segment_bytes: 8 * MIB,
+        ..LogConfig::default()
+    };
+    for tail in [Some(12 * MIB), None] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (log, size, _) = write_and_measure(dir.path(), config.clone(), |log| {
+            log.set_page_cache_tail(tail);
+        });
+        log.close().expect("close");
+        drop(log);
+        let log = PartitionLog::open(dir.path(), "t", 0, config.clone()).expect("reopen");
+        log.set_page_cache_tail(tail);
+        assert_eq!(all_batches(&log, 0).len(), 200, "{tail:?}");
+        let cached: u64 = common::files(dir.path(), "log")
+            .iter()
+            .map(|s| cached_bytes(s))
+            .sum();
+        match tail {
+            // What was written before the restart is still the log's newest: reading it keeps
+            // it; what lies behind it leaves the cache after being read.
+            Some(kept) => assert!(
+                (kept - MIB..=kept + 2 * MIB).contains(&cached),
+                "{cached} of {size} bytes cached after a restart and a read, {kept} kept"
+            ),
+            // No tail: the kernel keeps what was read.
+            None => assert!(cached > size / 2, "{cached} of {size} bytes cached"),
+        }
+    }
+}
