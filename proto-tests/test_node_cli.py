@@ -78,6 +78,7 @@ def test_advertised_address_is_what_metadata_returns(tmp_path):
     (["--override", "num.partition=4"], "num.partition"),
     (["--override", "num.partitions=many"], "num.partitions"),
     (["--override", "log.retention.ms=-7"], "log.retention.ms"),
+    (["--override", "sluice.log.cache.tail.bytes=-2"], "sluice.log.cache.tail.bytes"),
     (["--override", "socket.request.max.bytes"], "KEY=VALUE"),
     (["--listen", "nonsense"], "listen"),
 ])
