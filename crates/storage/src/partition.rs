@@ -482,7 +482,8 @@ impl PartitionLog {
     /// page to the kernel.
     ///
     /// Consumers at or near the end read the tail from memory; those further behind read from
-    /// disk, and the pages they read stay cached as the kernel sees fit. Appends then reuse
+    /// disk, and the pages they read leave the cache after the read (see
+    /// `drop_read_behind_tail`), so a replay does not evict the tails. Appends then reuse
     /// memory just freed instead of first-touching new pages: on a VM whose host reclaims
     /// free memory, that first touch is most of a write's cost (docs/benchmarks.md, "Page
     /// cache"). Takes effect from the next fsync pass.

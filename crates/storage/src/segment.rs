@@ -506,7 +506,8 @@ impl Segment {
     /// the last call stopped to `keep` bytes before its durable end, whole pages only; with
     /// `keep` 0 a sealed segment goes whole. The partly written last page of the active
     /// segment always stays: the next append into it would first read it back from disk.
-    /// Pages consumers read back later are left to the kernel. Advice only: a failure costs
+    /// Pages read back later are not this call's to drop (the partition drops what a reader
+    /// behind the tail read, `drop_read`). Advice only: a failure costs
     /// memory, not data, so it is logged and otherwise ignored.
     pub(crate) fn drop_cached(&self, keep: u64) {
         let durable = self.synced.load(Ordering::Acquire).min(self.size());
