@@ -507,8 +507,7 @@ impl Segment {
     /// `keep` 0 a sealed segment goes whole. The partly written last page of the active
     /// segment always stays: the next append into it would first read it back from disk.
     /// Pages read back later are not this call's to drop (the partition drops what a reader
-    /// behind the tail read, `drop_read`). Advice only: a failure costs
-    /// memory, not data, so it is logged and otherwise ignored.
+    /// behind the tail read, `drop_read`).
     pub(crate) fn drop_cached(&self, keep: u64) {
         let durable = self.synced.load(Ordering::Acquire).min(self.size());
         let uncached = self.uncached.load(Ordering::Acquire);
@@ -530,10 +529,19 @@ impl Segment {
         } else {
             std::num::NonZeroU64::new(end - start)
         };
+        if self.dont_need(start, len) {
+            self.uncached.store(end, Ordering::Release);
+        }
+    }
+
+    /// `posix_fadvise(DONTNEED)` on `[start, start + len)` (`None`: to the end of the file).
+    /// Advice only: a failure costs memory, not data, so it is logged and reported as false.
+    fn dont_need(&self, start: u64, len: Option<std::num::NonZeroU64>) -> bool {
         match rustix::fs::fadvise(&self.file, start, len, rustix::fs::Advice::DontNeed) {
-            Ok(()) => self.uncached.store(end, Ordering::Release),
+            Ok(()) => true,
             Err(e) => {
-                tracing::debug!(segment = %self.path("log").display(), error = %e, "could not drop durable pages from the page cache");
+                tracing::debug!(segment = %self.path("log").display(), error = %e, "could not drop pages from the page cache");
+                false
             }
         }
     }
@@ -729,13 +737,8 @@ impl Segment {
     pub(crate) fn drop_read(&self, pos: u64, end: u64) {
         let start = pos & !(LARGE_FOLIO - 1);
         let end = end & !(DROP_PAGE - 1);
-        let Some(len) = end.checked_sub(start).and_then(std::num::NonZeroU64::new) else {
-            return;
-        };
-        if let Err(e) =
-            rustix::fs::fadvise(&self.file, start, Some(len), rustix::fs::Advice::DontNeed)
-        {
-            tracing::debug!(segment = %self.path("log").display(), error = %e, "could not drop read pages from the page cache");
+        if let Some(len) = end.checked_sub(start).and_then(std::num::NonZeroU64::new) {
+            self.dont_need(start, Some(len));
         }
     }
 

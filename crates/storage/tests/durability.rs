@@ -132,6 +132,14 @@ fn cached_bytes(path: &std::path::Path) -> u64 {
         .expect("fincore prints a byte count")
 }
 
+/// Bytes of the log's segments in `dir` in the page cache.
+fn cached_in(dir: &std::path::Path) -> u64 {
+    common::files(dir, "log")
+        .iter()
+        .map(|s| cached_bytes(s))
+        .sum()
+}
+
 /// Writes 200 batches of 256 KB, waits until the fsync pass that made them durable has also
 /// dropped pages (it holds the flush lock, which a checkpoint takes), and returns the log, the
 /// bytes written and the bytes of its segments in the page cache.
@@ -157,7 +165,7 @@ fn write_and_measure(
         .iter()
         .map(|s| std::fs::metadata(s).expect("segment").len())
         .sum();
-    let cached = segments.iter().map(|s| cached_bytes(s)).sum();
+    let cached = cached_in(dir);
     (log, size, cached)
 }
 
@@ -218,10 +226,7 @@ fn a_log_keeps_its_newest_bytes_cached_and_gives_back_the_rest_once_durable() {
         // the page cache again (give or take the 1 MiB read that straddles the tail's start).
         assert_eq!(all_batches(&log, 0).len(), 200, "{what}");
         if let Some(kept) = kept {
-            let after: u64 = common::files(dir.path(), "log")
-                .iter()
-                .map(|s| cached_bytes(s))
-                .sum();
+            let after = cached_in(dir.path());
             assert!(
                 after <= kept + 2 * MIB,
                 "{what}: {after} bytes cached after reading from the start, {kept} kept"
@@ -268,10 +273,7 @@ fn after_a_restart_reads_keep_the_tail_cached_and_with_no_tail_every_page() {
         let log = PartitionLog::open(dir.path(), "t", 0, config.clone()).expect("reopen");
         log.set_page_cache_tail(tail);
         assert_eq!(all_batches(&log, 0).len(), 200, "{tail:?}");
-        let cached: u64 = common::files(dir.path(), "log")
-            .iter()
-            .map(|s| cached_bytes(s))
-            .sum();
+        let cached = cached_in(dir.path());
         match tail {
             // What was written before the restart is still the log's newest: reading it keeps
             // it; what lies behind it leaves the cache after being read.
