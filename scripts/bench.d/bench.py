@@ -643,7 +643,7 @@ def machine_limits(quick):
 @dataclasses.dataclass
 class Scenario:
     name: str
-    kind: str           # rdk | lg | consume-rdk | consume-lg | e2e | half-rdk | half-lg | rf3
+    kind: str           # rdk | lg | consume-rdk | consume-lg | e2e | half-rdk | half-lg | rf3 | rf3-e2e
     size: int = 100
     acks: str = "-1"
     partitions: int = 1
@@ -699,6 +699,10 @@ def scenarios():
         Scenario("rf3-100B-all-p1", "rf3", 100, "-1", 1, 1, full=20_000_000, quick=200_000,
                  what="three nodes on 127.0.0.1-3, RF=3: rdkafka_performance to node 1, "
                       "acks=all, 100 B, 1 partition"),
+        Scenario("rf3-e2e-100B-all-p1", "rf3-e2e", 100, "-1", 1, 1,
+                 full=1_000_000, quick=50_000, seconds=20,
+                 what="three nodes, RF=3: e2e-100B-all-p1's producer at 100k msgs/s (linger.ms=1) "
+                      "and consumer; first second left out"),
     ]
     return out
 
@@ -718,7 +722,7 @@ class Runner:
     def run(self, sc, kind):
         tag = f"{sc.name}.{kind}"
         res = {"scenario": sc.name, "broker": kind}
-        if sc.kind == "rf3":
+        if sc.kind.startswith("rf3"):
             if not has_cluster_mode(SLUICE):
                 res["skip"] = (f"not available: {SLUICE.name} takes no --peer (cluster mode); "
                                "replication layer alone: crates/replication/examples/raft_probe")
@@ -753,7 +757,7 @@ class Runner:
                 res["nodes"] = len(broker.pids())
                 res["leaders"] = broker.leaders
                 single = self.results.get((SINGLE_NODE_BASE, "sluice"))
-                if single and single.get("msgs_per_s") and res.get("msgs_per_s"):
+                if sc.kind == "rf3" and single and single.get("msgs_per_s") and res.get("msgs_per_s"):
                     res["vs_single_a1"] = res["msgs_per_s"] / single["msgs_per_s"]
                 res["node_peak_rss_mb"] = [kb / 1024 for kb in broker.node_hwm_kb()]
                 res["node_cpu_s"] = [b - a for a, b in zip(node_cpu0, broker.node_cpu())]
@@ -847,7 +851,7 @@ class Runner:
                         secs + 30, logs / f"{tag}.fetch.log")
             self.take_lg(k, res, n, value_size=sc.size)
             return [k]
-        if sc.kind == "e2e":
+        if sc.kind in ("e2e", "rf3-e2e"):
             clat, plat = logs / f"{tag}.consumer.lat", logs / f"{tag}.producer.lat"
             cons = Child("c", rdk_consumer(broker.addr, "bench", n, "end", clat, exit_eof=False),
                          secs + 10, logs / f"{tag}.consumer.log", rdk_env()).start()
@@ -1222,7 +1226,7 @@ def main():
     all_runs = []
     for i, sc in enumerate(chosen):
         kinds = ["sluice"]
-        if "tansu" in bins and (peer_mode == "all" or sc.name in peer_some) and sc.kind != "rf3":
+        if "tansu" in bins and (peer_mode == "all" or sc.name in peer_some) and not sc.kind.startswith("rf3"):
             kinds = ["sluice", "tansu"]
         runs = {k: [] for k in kinds}
         reps = args.repeat

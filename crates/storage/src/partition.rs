@@ -497,8 +497,17 @@ impl PartitionLog {
     /// only if it becomes leader, so it keeps at most [`FOLLOWER_CACHE_TAIL`] of its newest
     /// bytes cached (what it serves its consumers from if it becomes leader), whatever
     /// [`PartitionLog::set_page_cache_tail`] says.
+    ///
+    /// A follower also writes its large appends with direct I/O (see `segment`'s module
+    /// comment), so those never enter the page cache at all.
     pub fn set_leading(&self, leading: bool) {
+        // Called on every role check: only a change is worth the append lock.
+        if self.inner.leading.load(Ordering::Acquire) == leading {
+            return;
+        }
+        let st = lock(&self.inner.state);
         self.inner.leading.store(leading, Ordering::Release);
+        st.active.set_direct(!leading);
     }
 
     /// High watermark changes (for long-polling fetches).
@@ -664,11 +673,15 @@ impl PartitionLog {
     /// Flushes everything and writes the checkpoint (marked clean) so the next open needs no
     /// scan. Further appends fail with [`StorageError::Closed`].
     pub fn close(&self) -> Result<(), StorageError> {
-        {
-            let _st = lock(&self.inner.state);
+        let trimmed = {
+            let st = lock(&self.inner.state);
             self.inner.closed.store(true, Ordering::Release);
-        }
-        let result = self.inner.write_checkpoint(true);
+            st.active.trim().map_err(io_err(format!(
+                "trimming {}",
+                st.active.path("log").display()
+            )))
+        };
+        let result = trimmed.and_then(|()| self.inner.write_checkpoint(true));
         // Wake waiters so those past the end learn the log is closed.
         self.inner.durable_tx.send_modify(|_| {});
         result
@@ -888,6 +901,7 @@ impl Inner {
             st.next_offset,
             self.dir.display()
         )))?;
+        seg.set_direct(!self.leading.load(Ordering::Acquire));
         let seg = Arc::new(seg);
         write(&self.segments).push(Arc::clone(&seg));
         st.active = seg;
@@ -1408,6 +1422,7 @@ impl Inner {
                 }
                 (seg, end)
             };
+            keep.set_direct(!self.leading.load(Ordering::Acquire));
             st.active = Arc::clone(&keep);
             st.next_offset = new_end;
             self.log_end.store(new_end, Ordering::Release);
@@ -1659,7 +1674,17 @@ fn recover(dir: &Path, name: &str, config: &LogConfig) -> Result<Recovered, Stor
             next_offset = next_offset.max(l + 1);
         }
         next_offset = next_offset.max(seg.base);
-        if let Some(problem) = stop.problem {
+        let padding = stop.problem.is_some()
+            && seg
+                .is_padding(stop.pos, end)
+                .map_err(ctx("reading segment"))?;
+        if padding {
+            // A follower's last direct write, not a torn batch: nothing after it is suspect.
+            tracing::debug!(log = name, segment = %seg.path("log").display(), position = stop.pos, bytes = end - stop.pos, "cutting direct-I/O padding");
+            seg.truncate_file(stop.pos)
+                .map_err(ctx("truncating segment"))?;
+            scanned_any = true;
+        } else if let Some(problem) = stop.problem {
             let cut = end - stop.pos;
             let later: Vec<Arc<Segment>> = segments.drain(i + 1..).collect();
             let later_bytes: u64 = later.iter().map(|s| s.size()).sum();

@@ -11,13 +11,23 @@
 //! append racing that fsync can wait for the inode's allocation lock (seen in `sched_switch`
 //! stacks of multi-millisecond appends under load; docs/benchmarks.md has the figures). Sealing
 //! gives the unused reservation back, as does any truncation.
+//!
+//! A follower's segment (`set_direct`) writes its large appends with direct I/O (`O_DIRECT`)
+//! through a second descriptor: a follower's bytes are read back only if it becomes leader, and
+//! copying them into page-cache pages it drops again right after the fsync was most of a
+//! follower's CPU on a VM whose host reclaims free memory (docs/benchmarks.md, "Direct I/O").
+//! Direct writes must cover whole blocks, so each starts at the block holding the log's end
+//! (its bytes kept from the last write, or read back) and the last block is padded with zeros:
+//! the file may be up to a block longer than its batches until the segment is sealed, trimmed
+//! or recovered (recovery cuts such padding quietly; it is not a torn batch). Every write is
+//! positional, so buffered and direct appends mix freely; the kernel keeps the two coherent.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, IoSlice, Write};
-use std::os::unix::fs::FileExt;
+use std::io::{self, IoSlice};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use sluice_protocol::batch::{BatchHeader, HEADER_LEN, verify_stored_batch};
 
@@ -49,6 +59,17 @@ const LARGE_FOLIO: u64 = 2 << 20;
 /// The page size `drop_cached` rounds to (4 KiB where Sluice runs; with larger pages the
 /// kernel keeps the page that straddles each call's start).
 const DROP_PAGE: u64 = 4096;
+/// Direct I/O alignment of file offsets, lengths and memory: the logical block size of every
+/// disk Sluice meets (512 B or 4 KiB) divides it.
+const BLOCK: u64 = 4096;
+/// A follower's append at least this large goes to disk directly; smaller ones are copied into
+/// the page cache as before, so a trickle of small batches never waits for the disk once per
+/// batch (the fsync writes them all at once).
+const DIRECT_MIN: usize = 64 << 10;
+/// Bytes one direct write takes from its staging buffer.
+const STAGING: usize = 1 << 20;
+/// Staging buffers kept for reuse across appends (memory reused instead of first-touched).
+const STAGING_POOL: usize = 4;
 
 /// Index state of the segment being written: entries in memory, flushed to disk in bulk.
 #[derive(Debug, Default)]
@@ -95,6 +116,54 @@ pub(crate) struct Segment {
     reserved: AtomicU64,
     index_unsynced: AtomicBool,
     index: RwLock<IndexState>,
+    /// Direct-I/O writer while this is a follower's active segment (`set_direct`).
+    direct: Mutex<Option<Direct>>,
+    /// True once `set_direct` failed to open the file for direct I/O: not tried again.
+    direct_unsupported: AtomicBool,
+    /// The file may hold zero padding past `committed` (a direct write's last block).
+    padded: AtomicBool,
+    /// Bumped by every cut, so a direct writer's copy of the last block is known stale.
+    cuts: AtomicU64,
+}
+
+/// The direct-I/O side of a segment being written.
+#[derive(Debug)]
+struct Direct {
+    /// The segment's file opened with `O_DIRECT` (positional writes only).
+    file: File,
+    /// The bytes of the block holding the committed end, from `tail_at` to that end.
+    tail: Vec<u8>,
+    tail_at: u64,
+    /// `Segment::cuts` when `tail` was taken: any cut since makes it stale.
+    tail_cuts: u64,
+}
+
+/// Block-aligned staging memory for direct writes, pooled so appends reuse warm pages.
+struct Staging(Vec<u8>);
+
+static STAGING_FREE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+impl Staging {
+    fn take() -> Staging {
+        let pooled = lock(&STAGING_FREE).pop();
+        Staging(pooled.unwrap_or_else(|| vec![0u8; STAGING + BLOCK as usize]))
+    }
+
+    /// `STAGING` bytes starting at a block boundary, or `None` if the allocator's pointer
+    /// cannot be aligned (never seen; the caller then writes through the page cache).
+    fn aligned(&mut self) -> Option<&mut [u8]> {
+        let off = self.0.as_ptr().align_offset(BLOCK as usize);
+        self.0.get_mut(off..off.checked_add(STAGING)?)
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let mut free = lock(&STAGING_FREE);
+        if free.len() < STAGING_POOL {
+            free.push(std::mem::take(&mut self.0));
+        }
+    }
 }
 
 /// How a scan of a segment ended.
@@ -112,6 +181,32 @@ fn read_lock<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 fn write_lock<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
 }
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Writes all of `buf` at `at` through a direct-I/O descriptor.
+fn write_all_direct(file: &File, buf: &[u8], mut at: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = file.write_at(&buf[done..], at)?;
+        // A short direct write (a full disk) leaves an unaligned rest the next call would be
+        // refused for: report it as the failure it is.
+        if n == 0 || !(n as u64).is_multiple_of(BLOCK) {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!(
+                    "direct write stopped after {} of {} bytes",
+                    done + n,
+                    buf.len()
+                ),
+            ));
+        }
+        done += n;
+        at += n as u64;
+    }
+    Ok(())
+}
 
 impl Segment {
     /// Creates an empty segment (replacing any stale file of the same name); `reserve` bytes of
@@ -125,7 +220,7 @@ impl Segment {
         }
         let file = OpenOptions::new()
             .read(true)
-            .append(true)
+            .write(true)
             .create(true)
             .truncate(false)
             .open(dir.join(file_name(base, "log")))?;
@@ -147,7 +242,7 @@ impl Segment {
     pub(crate) fn open(dir: &Path, base: i64) -> io::Result<Segment> {
         let file = OpenOptions::new()
             .read(true)
-            .append(true)
+            .write(true)
             .open(dir.join(file_name(base, "log")))?;
         let size = file.metadata()?.len();
         Ok(Self::with_file(
@@ -186,7 +281,64 @@ impl Segment {
             reserved: AtomicU64::new(size),
             index_unsynced: AtomicBool::new(false),
             index: RwLock::new(index),
+            direct: Mutex::new(None),
+            direct_unsupported: AtomicBool::new(false),
+            padded: AtomicBool::new(false),
+            cuts: AtomicU64::new(0),
         }
+    }
+
+    /// Makes large appends bypass the page cache (a follower's active segment) or not. A file
+    /// system that refuses `O_DIRECT` (tmpfs on older kernels) keeps every write buffered.
+    pub(crate) fn set_direct(&self, on: bool) {
+        let mut direct = lock(&self.direct);
+        if !on {
+            *direct = None;
+            return;
+        }
+        if direct.is_some() || self.direct_unsupported.load(Ordering::Relaxed) {
+            return;
+        }
+        let flags = rustix::fs::OFlags::DIRECT.bits() as i32;
+        match OpenOptions::new()
+            .write(true)
+            .custom_flags(flags)
+            .open(self.path("log"))
+        {
+            Ok(file) => {
+                *direct = Some(Direct {
+                    file,
+                    tail: Vec::with_capacity(BLOCK as usize),
+                    tail_at: u64::MAX,
+                    tail_cuts: 0,
+                })
+            }
+            Err(e) => {
+                tracing::debug!(segment = %self.path("log").display(), error = %e, "no direct I/O on this file system: follower appends go through the page cache");
+                self.direct_unsupported.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Cuts any zero padding a direct write left past the committed end (before the segment
+    /// is sealed or the log closed, so the file is exactly its batches again).
+    pub(crate) fn trim(&self) -> io::Result<()> {
+        if self.padded.load(Ordering::Acquire) {
+            self.cut(self.size())?;
+        }
+        Ok(())
+    }
+
+    /// True when `[from, end)` is what a direct write pads its last block with: fewer than a
+    /// block of zeros ending at a block boundary. Recovery cuts it without calling it a torn
+    /// tail.
+    pub(crate) fn is_padding(&self, from: u64, end: u64) -> io::Result<bool> {
+        if !end.is_multiple_of(BLOCK) || end <= from || end - from >= BLOCK {
+            return Ok(false);
+        }
+        let mut buf = vec![0u8; (end - from) as usize];
+        self.file.read_exact_at(&mut buf, from)?;
+        Ok(buf.iter().all(|&b| b == 0))
     }
 
     pub(crate) fn path(&self, ext: &str) -> PathBuf {
@@ -235,30 +387,102 @@ impl Segment {
         if end > self.reserved.load(Ordering::Relaxed) {
             self.reserve_to(end + pos.clamp(RESERVE_MIN, RESERVE_MAX));
         }
-        let mut storage: Vec<IoSlice<'_>> = bufs.to_vec();
-        let mut slices: &mut [IoSlice<'_>] = &mut storage;
-        let result = (|| {
-            let mut written = 0usize;
-            while written < total {
-                let n = (&self.file).write_vectored(slices)?;
-                if n == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        "segment write returned 0",
-                    ));
+        let mut written = None;
+        if total >= DIRECT_MIN {
+            let mut direct = lock(&self.direct);
+            if let Some(d) = direct.as_mut() {
+                match self.append_direct(d, bufs, pos) {
+                    Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                        // The device wants a larger alignment than BLOCK: buffered from now on.
+                        tracing::debug!(segment = %self.path("log").display(), error = %e, "direct write refused: follower appends go through the page cache");
+                        *direct = None;
+                        self.direct_unsupported.store(true, Ordering::Relaxed);
+                    }
+                    result => written = Some(result),
                 }
-                written += n;
-                IoSlice::advance_slices(&mut slices, n);
             }
-            Ok(())
-        })();
+        }
+        let result = match written {
+            Some(result) => result,
+            None => self.append_buffered(bufs, pos, total),
+        };
         if let Err(e) = result {
             // Leave no torn batch behind for readers or recovery.
             let _ = self.cut(pos);
             return Err(e);
         }
-        self.committed.store(pos + total as u64, Ordering::Release);
+        self.committed.store(end, Ordering::Release);
         Ok(pos)
+    }
+
+    /// One positional vectored write (repeated while short) through the page cache.
+    fn append_buffered(&self, bufs: &[IoSlice<'_>], pos: u64, total: usize) -> io::Result<()> {
+        let mut storage: Vec<IoSlice<'_>> = bufs.to_vec();
+        let mut slices: &mut [IoSlice<'_>] = &mut storage;
+        let mut written = 0usize;
+        while written < total {
+            let n = rustix::io::pwritev(&self.file, slices, pos + written as u64)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "segment write returned 0",
+                ));
+            }
+            written += n;
+            IoSlice::advance_slices(&mut slices, n);
+        }
+        Ok(())
+    }
+
+    /// Writes `bufs` at `pos` with direct I/O: from the start of the block holding `pos`,
+    /// through a pooled staging buffer, `STAGING` bytes per write, the last block zero-padded.
+    /// Keeps the bytes of the new last block for the next append.
+    fn append_direct(&self, d: &mut Direct, bufs: &[IoSlice<'_>], pos: u64) -> io::Result<()> {
+        let mut at = pos & !(BLOCK - 1);
+        let head = (pos - at) as usize;
+        let cuts = self.cuts.load(Ordering::Acquire);
+        if d.tail_at != at || d.tail.len() != head || d.tail_cuts != cuts {
+            // Written through the page cache, by an earlier leader, or cut since: read it back.
+            d.tail.resize(head, 0);
+            self.file.read_exact_at(&mut d.tail, at)?;
+            d.tail_at = at;
+            d.tail_cuts = cuts;
+        }
+        let mut staging = Staging::take();
+        let Some(buf) = staging.aligned() else {
+            return Err(io::Error::from_raw_os_error(
+                rustix::io::Errno::INVAL.raw_os_error(),
+            ));
+        };
+        buf[..head].copy_from_slice(&d.tail);
+        let mut fill = head;
+        for b in bufs {
+            let mut rest: &[u8] = b;
+            while !rest.is_empty() {
+                let n = rest.len().min(STAGING - fill);
+                buf[fill..fill + n].copy_from_slice(&rest[..n]);
+                fill += n;
+                rest = &rest[n..];
+                if fill == STAGING {
+                    write_all_direct(&d.file, buf, at)?;
+                    at += STAGING as u64;
+                    fill = 0;
+                }
+            }
+        }
+        let whole = fill & !(BLOCK as usize - 1);
+        if fill > 0 {
+            let padded = (fill + BLOCK as usize - 1) & !(BLOCK as usize - 1);
+            buf[fill..padded].fill(0);
+            if padded > fill {
+                self.padded.store(true, Ordering::Release);
+            }
+            write_all_direct(&d.file, &buf[..padded], at)?;
+        }
+        d.tail.clear();
+        d.tail.extend_from_slice(&buf[whole..fill]);
+        d.tail_at = at + whole as u64;
+        Ok(())
     }
 
     /// Reserves disk blocks up to `target` without changing the file's length. Best effort: a
@@ -284,7 +508,9 @@ impl Segment {
 
     /// Sets the file's length to `pos`, which also frees any reservation past it.
     fn cut(&self, pos: u64) -> io::Result<()> {
+        self.cuts.fetch_add(1, Ordering::AcqRel);
         self.file.set_len(pos)?;
+        self.padded.store(false, Ordering::Release);
         // What is appended again from here is cached until dropped anew.
         self.uncached
             .fetch_min(pos & !(DROP_PAGE - 1), Ordering::AcqRel);
@@ -294,11 +520,13 @@ impl Segment {
         Ok(())
     }
 
-    /// Gives back blocks reserved past the file's end (a sealed segment grows no more).
+    /// Gives back blocks reserved past the file's end (a sealed segment grows no more), and
+    /// cuts a direct write's padding.
     fn release_reserve(&self) -> io::Result<()> {
         let reserved = self.reserved.load(Ordering::Relaxed);
-        if reserved != RESERVE_UNSUPPORTED && reserved > self.size() {
-            // Truncating to the current length frees the blocks past it.
+        let reserving = reserved != RESERVE_UNSUPPORTED && reserved > self.size();
+        if reserving || self.padded.load(Ordering::Acquire) {
+            // Truncating to the current length frees the blocks (and zeros) past it.
             self.cut(self.size())?;
         }
         Ok(())
@@ -466,6 +694,7 @@ impl Segment {
             }
         }
         self.persist_index()?;
+        self.set_direct(false);
         self.release_reserve()?;
         // Make sure both files exist even for an empty segment, so recovery sees no "missing".
         for ext in ["index", "timeindex"] {

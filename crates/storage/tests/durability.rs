@@ -140,20 +140,22 @@ fn cached_in(dir: &std::path::Path) -> u64 {
         .sum()
 }
 
-/// Writes 200 batches of 256 KB, waits until the fsync pass that made them durable has also
-/// dropped pages (it holds the flush lock, which a checkpoint takes), and returns the log, the
-/// bytes written and the bytes of its segments in the page cache.
+/// Writes 51.2 MB in batches of `records` 16 KB records (16: 200 batches of 256 KB), waits
+/// until the fsync pass that made them durable has also dropped pages (it holds the flush
+/// lock, which a checkpoint takes), and returns the log, the bytes written and the bytes of its
+/// segments in the page cache.
 fn write_and_measure(
     dir: &std::path::Path,
     config: LogConfig,
+    records: usize,
     set: impl FnOnce(&PartitionLog),
 ) -> (PartitionLog, u64, u64) {
     let log = PartitionLog::open(dir, "t", 0, config).expect("open");
     set(&log);
     let mut end = 0;
-    for i in 0..200 {
+    for i in 0..3200 / records {
         end = log
-            .append(batch_of(16, 16_000, i, 0), 0, 0)
+            .append(batch_of(records, 16_000, i as u64, 0), 0, 0)
             .expect("append")
             .last_offset
             + 1;
@@ -169,67 +171,110 @@ fn write_and_measure(
     (log, size, cached)
 }
 
+/// One case of the page-cache test below.
+struct CacheCase {
+    what: &'static str,
+    config: LogConfig,
+    /// The leader's tail (`set_page_cache_tail`) and whether the log leads.
+    tail: Option<u64>,
+    leading: bool,
+    /// Records of 16 KB per batch.
+    records: usize,
+    /// Bytes expected cached once durable: `None` for "most of them".
+    kept: Option<u64>,
+    /// Bytes at most cached after reading the log from the start (`None`: not checked).
+    after_read: Option<u64>,
+}
+
 #[test]
 fn a_log_keeps_its_newest_bytes_cached_and_gives_back_the_rest_once_durable() {
     const MIB: u64 = 1 << 20;
     // The kernel may fail to drop a page that is busy at that moment; a few per segment.
     const SLACK: u64 = MIB;
+    // What a reader behind the tail read leaves the page cache again, give or take the 1 MiB
+    // read that straddles the tail's start.
+    const READ_SLACK: u64 = 2 * MIB;
+    let follower_tail = sluice_storage::FOLLOWER_CACHE_TAIL;
     let one_segment = LogConfig::default();
     let segments_of_8_mib = LogConfig {
         segment_bytes: 8 * MIB,
         ..LogConfig::default()
     };
-    // (what, config, leader's tail, leading, bytes expected cached: None for "most of them")
-    type Case = (&'static str, LogConfig, Option<u64>, bool, Option<u64>);
-    let cases: [Case; 4] = [
+    let cases = [
         // Nothing asks the kernel to drop pages, and memory is not short.
-        ("leader, no tail", one_segment.clone(), None, true, None),
-        (
-            "leader, 12 MiB tail",
-            one_segment.clone(),
-            Some(12 * MIB),
-            true,
-            Some(12 * MIB),
-        ),
-        // A follower keeps the tail it would serve from as a new leader, tail or not.
-        (
-            "follower",
-            one_segment,
-            None,
-            false,
-            Some(sluice_storage::FOLLOWER_CACHE_TAIL),
-        ),
+        CacheCase {
+            what: "leader, no tail",
+            config: one_segment.clone(),
+            tail: None,
+            leading: true,
+            records: 16,
+            kept: None,
+            after_read: None,
+        },
+        CacheCase {
+            what: "leader, 12 MiB tail",
+            config: one_segment.clone(),
+            tail: Some(12 * MIB),
+            leading: true,
+            records: 16,
+            kept: Some(12 * MIB),
+            after_read: Some(12 * MIB + READ_SLACK),
+        },
+        // A follower's batches under 64 KiB go through the page cache; it keeps the tail it
+        // would serve from as a new leader, tail or not.
+        CacheCase {
+            what: "follower, 48 KB batches",
+            config: one_segment.clone(),
+            tail: None,
+            leading: false,
+            records: 3,
+            kept: Some(follower_tail),
+            after_read: Some(follower_tail + READ_SLACK),
+        },
+        // Larger ones are written with direct I/O and never cached; reading them back caches
+        // the follower's tail as above.
+        CacheCase {
+            what: "follower, 256 KB batches",
+            config: one_segment,
+            tail: None,
+            leading: false,
+            records: 16,
+            kept: Some(0),
+            after_read: Some(follower_tail + READ_SLACK),
+        },
         // The tail spans segments; sealed segments behind it are dropped whole.
-        (
-            "leader, 12 MiB tail over 8 MiB segments",
-            segments_of_8_mib,
-            Some(12 * MIB),
-            true,
-            Some(12 * MIB),
-        ),
+        CacheCase {
+            what: "leader, 12 MiB tail over 8 MiB segments",
+            config: segments_of_8_mib,
+            tail: Some(12 * MIB),
+            leading: true,
+            records: 16,
+            kept: Some(12 * MIB),
+            after_read: Some(12 * MIB + READ_SLACK),
+        },
     ];
-    for (what, config, tail, leading, kept) in cases {
+    for c in cases {
+        let what = c.what;
         let dir = tempfile::tempdir().expect("tempdir");
-        let (log, size, cached) = write_and_measure(dir.path(), config, |log| {
-            log.set_page_cache_tail(tail);
-            log.set_leading(leading);
+        let (log, size, cached) = write_and_measure(dir.path(), c.config, c.records, |log| {
+            log.set_page_cache_tail(c.tail);
+            log.set_leading(c.leading);
         });
         assert!(size > 48 * MIB, "{what}: wrote {size} bytes");
-        match kept {
+        match c.kept {
             None => assert!(cached > size / 2, "{what}: {cached} of {size} bytes cached"),
             Some(kept) => assert!(
-                (kept - SLACK..=kept + SLACK).contains(&cached),
+                (kept.saturating_sub(SLACK)..=kept + SLACK).contains(&cached),
                 "{what}: {cached} of {size} bytes cached, {kept} expected"
             ),
         }
-        // Still readable, from disk where dropped; what a reader behind the tail read leaves
-        // the page cache again (give or take the 1 MiB read that straddles the tail's start).
-        assert_eq!(all_batches(&log, 0).len(), 200, "{what}");
-        if let Some(kept) = kept {
+        // Still readable, from disk where dropped.
+        assert_eq!(all_batches(&log, 0).len(), 3200 / c.records, "{what}");
+        if let Some(most) = c.after_read {
             let after = cached_in(dir.path());
             assert!(
-                after <= kept + 2 * MIB,
-                "{what}: {after} bytes cached after reading from the start, {kept} kept"
+                after <= most,
+                "{what}: {after} bytes cached after reading from the start, at most {most} expected"
             );
         }
     }
@@ -238,7 +283,7 @@ fn a_log_keeps_its_newest_bytes_cached_and_gives_back_the_rest_once_durable() {
 #[test]
 fn a_leader_that_becomes_follower_gives_back_its_tail_beyond_the_followers() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (log, _, cached) = write_and_measure(dir.path(), LogConfig::default(), |log| {
+    let (log, _, cached) = write_and_measure(dir.path(), LogConfig::default(), 16, |log| {
         log.set_page_cache_tail(None);
     });
     assert!(cached > 48 << 20, "{cached} bytes cached while leading");
@@ -265,7 +310,7 @@ fn after_a_restart_reads_keep_the_tail_cached_and_with_no_tail_every_page() {
     };
     for tail in [Some(12 * MIB), None] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (log, size, _) = write_and_measure(dir.path(), config.clone(), |log| {
+        let (log, size, _) = write_and_measure(dir.path(), config.clone(), 16, |log| {
             log.set_page_cache_tail(tail);
         });
         log.close().expect("close");
