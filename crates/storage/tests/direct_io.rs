@@ -77,13 +77,18 @@ fn assert_files_are_their_batches(log: &PartitionLog, dir: &std::path::Path, whe
     }
 }
 
+/// Segments of 1 MiB: a roll every ten or so of `append`'s batches.
+fn one_mib_segments() -> LogConfig {
+    LogConfig {
+        segment_bytes: MIB,
+        ..LogConfig::default()
+    }
+}
+
 #[test]
 fn a_followers_direct_writes_read_back_through_role_changes_truncation_rolls_and_a_crash() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = LogConfig {
-        segment_bytes: MIB,
-        ..LogConfig::default()
-    };
+    let config = one_mib_segments();
     let log = PartitionLog::open(dir.path(), "t", 0, config.clone()).expect("open");
     log.set_leading(false);
     append(&log, 0..40);
@@ -130,10 +135,7 @@ fn a_followers_direct_writes_read_back_through_role_changes_truncation_rolls_and
 #[test]
 fn recovery_cuts_padding_in_a_sealed_segment_without_dropping_the_later_ones() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = LogConfig {
-        segment_bytes: MIB,
-        ..LogConfig::default()
-    };
+    let config = one_mib_segments();
     let log = PartitionLog::open(dir.path(), "t", 0, config.clone()).expect("open");
     append(&log, 0..40);
     log.close().expect("close");
