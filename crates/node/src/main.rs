@@ -55,6 +55,7 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     sluice_node::init_logging();
+    sluice_node::alloc_guard::keep_freed_memory();
     let config = BrokerConfig::from_args(
         args.node_id,
         &args.listen,
