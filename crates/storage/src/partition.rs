@@ -5,6 +5,7 @@
 //! list and run concurrently with appends. fsyncs happen on the flusher pool; the log end,
 //! durable offset and high watermark are published through atomics and watch channels.
 
+use std::collections::VecDeque;
 use std::fs;
 use std::io::{self, IoSlice};
 use std::path::{Path, PathBuf};
@@ -144,6 +145,9 @@ pub(crate) struct AppendState {
     active: Arc<Segment>,
 }
 
+/// See [`PartitionLog::when_durable`].
+type DurableCallback = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
+
 pub(crate) struct Inner {
     pub(crate) dir: PathBuf,
     pub(crate) name: String,
@@ -154,6 +158,9 @@ pub(crate) struct Inner {
     log_end: AtomicI64,
     durable: AtomicI64,
     durable_tx: watch::Sender<i64>,
+    /// Callbacks waiting for an offset to become durable, in registration order (see
+    /// [`PartitionLog::when_durable`]).
+    durable_callbacks: Mutex<VecDeque<(i64, DurableCallback)>>,
     pub(crate) hw_tx: watch::Sender<i64>,
     /// Single-replica mode: every fsync pass moves the high watermark to what it made durable.
     hw_follows_durable: AtomicBool,
@@ -227,6 +234,7 @@ impl PartitionLog {
             log_end: AtomicI64::new(leo),
             durable: AtomicI64::new(leo),
             durable_tx,
+            durable_callbacks: Mutex::new(VecDeque::new()),
             hw_follows_durable: AtomicBool::new(false),
             cache_tail: AtomicU64::new(u64::MAX),
             leading: AtomicBool::new(true),
@@ -546,6 +554,29 @@ impl PartitionLog {
         }
     }
 
+    /// Calls `callback` once `durable_offset() >= offset`, with the error instead if the log
+    /// fails or closes first: on the flusher thread that made it durable, or right here if it
+    /// already is. Callbacks run in the order they were registered, whatever their offsets (a
+    /// later one waits for an earlier one), so Raft learns of its appends in append order.
+    ///
+    /// The callback runs under a lock of this log and must only hand the outcome on (say,
+    /// send it to a channel), never call back into this log. Where [`PartitionLog::wait_durable`]
+    /// needs a task to wake and await for each append, this costs the flusher one call: the
+    /// Raft log store acknowledges its appends this way.
+    pub fn when_durable(
+        &self,
+        offset: i64,
+        callback: impl FnOnce(Result<(), StorageError>) + Send + 'static,
+    ) {
+        lock(&self.inner.durable_callbacks).push_back((offset, Box::new(callback)));
+        self.inner.run_durable_callbacks();
+    }
+
+    /// Callbacks registered with [`PartitionLog::when_durable`] that have not run yet.
+    pub fn durable_callbacks_pending(&self) -> usize {
+        lock(&self.inner.durable_callbacks).len()
+    }
+
     /// [`PartitionLog::wait_durable`] for callers without an async runtime.
     pub fn wait_durable_blocking(&self, offset: i64) -> Result<(), StorageError> {
         block_on(self.wait_durable(offset))
@@ -683,7 +714,7 @@ impl PartitionLog {
         };
         let result = trimmed.and_then(|()| self.inner.write_checkpoint(true));
         // Wake waiters so those past the end learn the log is closed.
-        self.inner.durable_tx.send_modify(|_| {});
+        self.inner.wake_durable_waiters();
         result
     }
 
@@ -698,7 +729,7 @@ impl PartitionLog {
         // and publishes nothing.
         let _c = lock(&self.inner.checkpoint_lock);
         self.inner.closed.store(true, Ordering::Release);
-        self.inner.durable_tx.send_modify(|_| {});
+        self.inner.wake_durable_waiters();
     }
 }
 
@@ -709,7 +740,7 @@ impl Drop for PartitionLog {
         self.inner.closed.store(true, Ordering::Release);
         let _c = lock(&self.inner.checkpoint_lock);
         let _f = lock(&self.inner.flush_lock);
-        self.inner.durable_tx.send_modify(|_| {});
+        self.inner.wake_durable_waiters();
     }
 }
 
@@ -735,7 +766,34 @@ impl Inner {
             *f = Some(format!("{what}: {e}"));
         }
         drop(f);
+        self.wake_durable_waiters();
+    }
+
+    /// Wakes [`PartitionLog::wait_durable`] callers and runs the due
+    /// [`PartitionLog::when_durable`] callbacks, after the durable offset moved or the log
+    /// failed or closed.
+    fn wake_durable_waiters(&self) {
         self.durable_tx.send_modify(|_| {});
+        self.run_durable_callbacks();
+    }
+
+    /// Runs, in registration order, the callbacks whose offset is durable; once the log has
+    /// failed or closed, all of them, with that error. Each runs under the queue's lock, so
+    /// a registration racing this cannot overtake an older callback.
+    fn run_durable_callbacks(&self) {
+        let mut queue = lock(&self.durable_callbacks);
+        while let Some(&(offset, _)) = queue.front() {
+            let outcome = if self.durable.load(Ordering::Acquire) >= offset {
+                Ok(())
+            } else if let Err(e) = self.check_usable() {
+                Err(e)
+            } else {
+                break;
+            };
+            if let Some((_, callback)) = queue.pop_front() {
+                callback(outcome);
+            }
+        }
     }
 
     fn append_validated(
@@ -960,6 +1018,7 @@ impl Inner {
                     false
                 }
             });
+            self.run_durable_callbacks();
         }
         if self.log_end.load(Ordering::Acquire) == target {
             self.oldest_unflushed_ms.store(i64::MAX, Ordering::Release);
@@ -1436,6 +1495,7 @@ impl Inner {
             self.sync_unsynced().map_err(ctx)?;
             self.durable.store(new_end, Ordering::Release);
             self.durable_tx.send_replace(new_end);
+            self.run_durable_callbacks();
             self.hw_tx.send_if_modified(|hw| {
                 if *hw > new_end {
                     *hw = new_end;

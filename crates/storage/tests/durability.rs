@@ -97,6 +97,58 @@ fn waiting_past_the_end_of_a_closed_log_fails() {
 }
 
 #[test]
+fn durable_callbacks_run_in_registration_order_and_fail_on_close() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = PartitionLog::open(
+        dir.path(),
+        "t",
+        0,
+        LogConfig {
+            flush_messages: 1000,
+            ..LogConfig::default()
+        },
+    )
+    .expect("open");
+    let (tx, rx) = mpsc::channel();
+    let register = |offset: i64, name: &'static str| {
+        let tx = tx.clone();
+        log.when_durable(offset, move |r| {
+            tx.send((name, r.map_err(|e| e.error_code())))
+                .expect("send");
+        });
+    };
+    log.append(batch_of(3, 10, 0, 0), 0, 0).expect("append");
+    register(3, "end");
+    // Lower offsets registered later (0 is durable already) still wait their turn.
+    register(1, "middle");
+    register(0, "start");
+    assert_eq!(log.durable_callbacks_pending(), 3);
+    assert!(rx.try_recv().is_err(), "nothing is durable yet");
+    log.request_flush();
+    let got: Vec<_> = (0..3)
+        .map(|_| rx.recv_timeout(Duration::from_secs(10)).expect("callback"))
+        .collect();
+    assert_eq!(
+        got,
+        [("end", Ok(())), ("middle", Ok(())), ("start", Ok(()))]
+    );
+    // Already durable with nothing queued: runs before `when_durable` returns.
+    register(3, "now");
+    assert_eq!(rx.try_recv().expect("ran at once"), ("now", Ok(())));
+    register(4, "past the end");
+    assert_eq!(log.durable_callbacks_pending(), 1);
+    log.close().expect("close");
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(10)).expect("callback"),
+        ("past the end", Err(56)),
+        "a closed log fails what it can no longer make durable"
+    );
+    assert_eq!(log.durable_callbacks_pending(), 0);
+}
+
+#[test]
 fn high_watermark_follows_durability_only_when_asked() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = PartitionLog::open(dir.path(), "t", 0, LogConfig::default()).expect("open");

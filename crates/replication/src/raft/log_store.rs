@@ -32,7 +32,6 @@ use openraft::{
 };
 use sluice_protocol::batch::{BatchHeader, HEADER_LEN};
 use sluice_storage::PartitionLog;
-use tokio::sync::mpsc;
 
 use super::state_file::{self, MetaEntry, MetaPayload, RaftState};
 use super::{PartitionRaft, RecordBatch};
@@ -59,7 +58,7 @@ fn add_recent(n: usize) {
 fn sub_recent(n: usize) {
     RECENT_TOTAL.fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
 }
-/// Appends whose flush callbacks may wait at once; openraft's own pipeline bounds it first.
+/// Appends whose flush callbacks may wait at once; past it an append waits for its own fsync.
 const FLUSH_QUEUE: usize = 1024;
 
 type RaftStorageError = StorageError<u64>;
@@ -67,8 +66,14 @@ type RaftStorageError = StorageError<u64>;
 /// Where one Raft index lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Slot {
-    /// A record batch in the segment log.
-    Data { term: u64, base: i64, last: i64 },
+    /// A record batch in the segment log, `bytes` long (so a read of entries not in the
+    /// recent-entry cache asks the log for what it needs, not a fixed chunk).
+    Data {
+        term: u64,
+        base: i64,
+        last: i64,
+        bytes: u32,
+    },
     /// A blank or membership entry, kept in `raft-state`.
     Meta {
         term: u64,
@@ -282,7 +287,6 @@ impl Shared {
 #[derive(Clone)]
 pub struct SegmentRaftLog {
     pub(crate) shared: Arc<Shared>,
-    flushes: mpsc::Sender<(i64, LogFlushed<PartitionRaft>)>,
     /// Whether data entries read through this handle carry their records (see
     /// [`SegmentRaftLog::for_raft_core`]).
     records: bool,
@@ -330,18 +334,19 @@ fn split_batches(records: &Bytes) -> Result<Vec<(BatchHeader, Bytes)>, String> {
     Ok(out)
 }
 
-/// Calls `each` for the batches with offsets in `[from, until)`, in order, reading a chunk at a
-/// time (a batch is a slice of its chunk).
+/// Calls `each` for the batches with offsets in `[from, until)`, in order, reading a chunk of at
+/// most `bytes` (the batches' size when known) at a time (a batch is a slice of its chunk).
 fn walk_batches(
     log: &PartitionLog,
     from: i64,
     until: i64,
+    bytes: usize,
     mut each: impl FnMut(BatchHeader, Bytes),
 ) -> Result<(), String> {
     let mut cursor = from;
     while cursor < until {
         let r = log
-            .read(cursor, READ_CHUNK, i64::MAX, true)
+            .read(cursor, bytes.min(READ_CHUNK), i64::MAX, true)
             .map_err(|e| e.to_string())?;
         let batches = split_batches(&r.records)?;
         if batches.is_empty() {
@@ -358,14 +363,15 @@ fn walk_batches(
     Ok(())
 }
 
-/// The batches with offsets in `[from, until)`, in order.
+/// The batches with offsets in `[from, until)`, in order; `bytes` is their total size.
 fn read_batches(
     log: &PartitionLog,
     from: i64,
     until: i64,
+    bytes: usize,
 ) -> Result<Vec<(BatchHeader, Bytes)>, String> {
     let mut out = Vec::new();
-    walk_batches(log, from, until, |h, b| out.push((h, b)))?;
+    walk_batches(log, from, until, bytes, |h, b| out.push((h, b)))?;
     Ok(out)
 }
 
@@ -377,7 +383,7 @@ fn scan_headers(
     until: i64,
 ) -> Result<std::vec::IntoIter<BatchHeader>, String> {
     let mut out = Vec::new();
-    walk_batches(log, from, until, |h, _| out.push(h))?;
+    walk_batches(log, from, until, READ_CHUNK, |h, _| out.push(h))?;
     Ok(out.into_iter())
 }
 
@@ -426,6 +432,7 @@ impl SegmentRaftLog {
                     term: u64::try_from(h.partition_leader_epoch).unwrap_or(0),
                     base: h.base_offset,
                     last: h.last_offset(),
+                    bytes: u32::try_from(h.size()).unwrap_or(u32::MAX),
                 });
                 next_offset = h.last_offset() + 1;
             } else {
@@ -456,11 +463,8 @@ impl SegmentRaftLog {
             dir,
             table: Mutex::new(table),
         });
-        let (tx, rx) = mpsc::channel(FLUSH_QUEUE);
-        tokio::spawn(complete_flushes(Arc::clone(&shared.log), rx));
         Ok(SegmentRaftLog {
             shared,
-            flushes: tx,
             records: true,
         })
     }
@@ -520,17 +524,6 @@ fn meta_payload(payload: &MetaPayload) -> EntryPayload<PartitionRaft> {
     }
 }
 
-/// Tells openraft, in append order, when each append is durable.
-async fn complete_flushes(
-    log: Arc<PartitionLog>,
-    mut rx: mpsc::Receiver<(i64, LogFlushed<PartitionRaft>)>,
-) {
-    while let Some((end, callback)) = rx.recv().await {
-        let result = log.wait_durable(end).await.map_err(io::Error::other);
-        callback.log_io_completed(result);
-    }
-}
-
 impl RaftLogReader<PartitionRaft> for SegmentRaftLog {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
@@ -566,23 +559,40 @@ impl RaftLogReader<PartitionRaft> for SegmentRaftLog {
                 })
                 .collect());
         }
-        // Only batches not in the cache are read from the segment log.
-        let data_range =
-            wanted
-                .iter()
-                .zip(&cached)
-                .fold(None, |acc: Option<(i64, i64)>, ((_, s), c)| {
-                    match (s, c, acc) {
-                        (Slot::Data { base, last, .. }, None, None) => Some((*base, *last)),
-                        (Slot::Data { last, .. }, None, Some((b, _))) => Some((b, *last)),
-                        _ => acc,
-                    }
-                });
+        // Only batches not in the cache are read from the segment log: from the first such to
+        // the last, and no more bytes than those batches hold.
+        let first_miss = wanted
+            .iter()
+            .zip(&cached)
+            .position(|((_, s), c)| matches!(s, Slot::Data { .. }) && c.is_none());
+        let last_miss = wanted
+            .iter()
+            .zip(&cached)
+            .rposition(|((_, s), c)| matches!(s, Slot::Data { .. }) && c.is_none());
+        let data_range = first_miss.zip(last_miss).and_then(|(first, last)| {
+            let mut range: Option<(i64, i64)> = None;
+            let mut bytes = 0usize;
+            for (_, s) in &wanted[first..=last] {
+                if let Slot::Data {
+                    base,
+                    last,
+                    bytes: n,
+                    ..
+                } = s
+                {
+                    range = Some((range.map_or(*base, |(b, _)| b), *last));
+                    bytes = bytes.saturating_add(*n as usize);
+                }
+            }
+            range.map(|(from, last)| (from, last, bytes))
+        });
         let mut batches = match data_range {
-            Some((from, last)) => match read_batches(&self.shared.log, from, last + 1) {
-                Ok(b) => b.into_iter(),
-                Err(e) => return self.unless_truncated(&wanted, Vec::new(), e),
-            },
+            Some((from, last, bytes)) => {
+                match read_batches(&self.shared.log, from, last + 1, bytes) {
+                    Ok(b) => b.into_iter(),
+                    Err(e) => return self.unless_truncated(&wanted, Vec::new(), e),
+                }
+            }
             None => Vec::new().into_iter(),
         };
         let mut entries = Vec::with_capacity(wanted.len());
@@ -691,12 +701,14 @@ impl RaftLogStorage<PartitionRaft> for SegmentRaftLog {
                         .log
                         .append_entry(batch.clone(), epoch, now)
                         .map_err(write_error)?;
+                    let bytes = u32::try_from(batch.len()).unwrap_or(u32::MAX);
                     let mut t = self.shared.table();
                     t.remember(index, batch);
                     t.slots.push_back(Slot::Data {
                         term,
                         base: out.base_offset,
                         last: out.last_offset,
+                        bytes,
                     });
                     t.next_offset = out.last_offset + 1;
                 }
@@ -724,10 +736,19 @@ impl RaftLogStorage<PartitionRaft> for SegmentRaftLog {
         } else {
             i64::MIN
         };
-        self.flushes
-            .send((end, callback))
-            .await
-            .map_err(|_| write_error("the flush completion task stopped"))
+        let log = &self.shared.log;
+        if log.durable_callbacks_pending() >= FLUSH_QUEUE {
+            // The disk is far behind: this append waits for its own fsync (and so for every
+            // earlier one) before Raft hears of another.
+            log.request_flush();
+            log.wait_durable(end).await.map_err(write_error)?;
+        }
+        // The flusher that makes `end` durable tells openraft directly, in append order: no
+        // task in between to wake.
+        log.when_durable(end, move |result| {
+            callback.log_io_completed(result.map_err(io::Error::other));
+        });
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), RaftStorageError> {
