@@ -62,3 +62,19 @@ def stored_batch_headers(node, topic: str, partition: int = 0) -> list[tuple[int
             out.append((base, last_delta, epoch, crc))
             pos += 12 + length
     return out
+
+
+def newest_segment_extent(node, topic: str, partition: int = 0) -> tuple[str, int, int]:
+    """(file name, where its whole batches end, file size) of the partition's newest segment.
+    A file longer than its batches by less than a 4 KiB block, ending on a block boundary, is
+    a follower's direct write: it pads its last block with zeros (cut again on seal, close or
+    recovery)."""
+    segment = sorted((node.data_dir / f"{topic}-{partition}").glob("*.log"))[-1]
+    data = segment.read_bytes()
+    pos = 0
+    while pos + 61 <= len(data):
+        length, magic = struct.unpack_from(">i", data, pos + 8)[0], data[pos + 16]
+        if length < 49 or magic != 2 or pos + 12 + length > len(data):
+            break
+        pos += 12 + length
+    return segment.name, pos, len(data)

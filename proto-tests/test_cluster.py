@@ -27,7 +27,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from segments import stored_batch_headers
+from segments import newest_segment_extent, stored_batch_headers
 from sluicenode import wait_until
 
 pytestmark = pytest.mark.sluice_overrides({
@@ -597,6 +597,87 @@ def test_acknowledged_writes_survive_kill9_of_the_partition_leader(cluster):
         return True
     wait_until(same_batches_everywhere, 60, "every replica's files to hold the leader's batches",
                interval=0.5)
+
+
+def test_a_follower_writing_large_batches_directly_takes_over_with_all_of_them(cluster):
+    """Batches of 64 KiB and more reach a follower's disk by direct I/O, which zero-pads its
+    active segment to a 4 KiB block past the last batch (nothing else pads a segment, so the
+    padding shows that path ran). kill -9 of the leader makes such a follower the leader: every
+    acknowledged record reads back from it, in order; the other follower, killed with its
+    padding in place, recovers, and all three nodes end up with the same batches."""
+    topic, n, size = "cl-direct", 120, 100_000
+    leader = make_topic(cluster, topic, 1)[0].leader_id
+    followers = [node for node in cluster.nodes if node.node_id != leader]
+
+    def value(i: int) -> bytes:
+        return (f"{i:05d}:".encode() * (size // 6 + 1))[:size]
+
+    errors: list = []
+    # Every record is 100 kB, so every batch is at least that: all take the direct path.
+    p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all", "linger.ms": 20,
+                  "batch.size": 1_000_000, "message.timeout.ms": 60_000})
+    for i in range(n):
+        produce_or_wait(p, topic, value=value(i), partition=0,
+                        on_delivery=lambda err, msg: err and errors.append(err))
+        p.poll(0)
+    assert p.flush(60) == 0 and not errors, f"produce failed: {errors[:3]}"
+    leader_node = cluster.node(leader)
+
+    def followers_padded():
+        want = stored_batch_headers(leader_node, topic, 0)
+        for f in followers:
+            assert stored_batch_headers(f, topic, 0) == want, \
+                f"node {f.node_id} does not hold the leader's batches yet"
+            name, end, length = newest_segment_extent(f, topic, 0)
+            assert end < length < end + 4096 and length % 4096 == 0, \
+                f"node {f.node_id}: {name} is {length} bytes and its batches end at {end}: " \
+                f"not the padding of a direct write"
+        name, end, length = newest_segment_extent(leader_node, topic, 0)
+        assert length == end, f"the leader's {name} is {length} bytes, its batches end at {end}"
+        return True
+    wait_until(followers_padded, 30, "both followers to hold every batch, written directly",
+               interval=0.2)
+
+    cluster.kill9(leader)
+
+    def new_leader():
+        v = cluster.partition(topic, 0, via=followers[0].node_id)
+        assert v.error_code == 0 and v.leader_id not in (-1, leader), \
+            f"leader {v.leader_id}, error {v.error_code}"
+        return v.leader_id
+    successor = wait_until(new_leader, 60, f"a new leader of {topic}-0", interval=0.2)
+    got = read_partitions(cluster.bootstrap_of(cluster.alive_nodes()), topic, 1,
+                          lambda g: len(g[0]) >= n, what=f"the {n} records read")
+    assert [(o, v) for o, _, v in got[0]] == [(i, value(i)) for i in range(n)], \
+        "the new leader serves other records than were acknowledged"
+
+    # The remaining follower still has its padding; a crash now leaves it for recovery.
+    other = next(f.node_id for f in followers if f.node_id != successor)
+    cluster.kill9(other)
+    cluster.restart(other)
+    cluster.restart(leader)
+    p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all",
+                  "message.timeout.ms": 60_000})
+    for i in range(n, n + 10):
+        produce_or_wait(p, topic, value=value(i)[:100], partition=0,
+                        on_delivery=lambda err, msg: err and errors.append(err))
+    assert p.flush(60) == 0 and not errors, f"produce after the restarts failed: {errors[:3]}"
+    settled = cluster.wait_settled(topic, 1, 3, timeout=120)[0]
+
+    def same_batches_everywhere():
+        logs = {node.node_id: stored_batch_headers(node, topic, 0) for node in cluster.nodes}
+        want = logs[settled.leader_id]
+        assert sum(d + 1 for _, d, _, _ in want) == n + 10, \
+            f"the leader's files hold {sum(d + 1 for _, d, _, _ in want)} records"
+        differ = [i for i, h in logs.items() if h != want]
+        assert not differ, f"nodes {differ} hold other batches than the leader"
+        return True
+    wait_until(same_batches_everywhere, 60, "every replica's files to hold the same batches",
+               interval=0.5)
+    got = read_partitions(cluster.bootstrap, topic, 1, lambda g: len(g[0]) >= n + 10,
+                          what=f"all {n + 10} records read")
+    assert [v for _, _, v in got[0]] == [value(i) for i in range(n)] + \
+        [value(i)[:100] for i in range(n, n + 10)]
 
 
 def test_every_node_reports_a_dead_follower_leaving_the_isr(cluster):

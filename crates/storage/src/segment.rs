@@ -118,6 +118,8 @@ pub(crate) struct Segment {
     index: RwLock<IndexState>,
     /// Direct-I/O writer while this is a follower's active segment (`set_direct`).
     direct: Mutex<Option<Direct>>,
+    /// Whether `direct` holds a writer, so a leader's large appends skip its lock.
+    direct_on: AtomicBool,
     /// True once `set_direct` failed to open the file for direct I/O: not tried again.
     direct_unsupported: AtomicBool,
     /// The file may hold zero padding past `committed` (a direct write's last block).
@@ -282,6 +284,7 @@ impl Segment {
             index_unsynced: AtomicBool::new(false),
             index: RwLock::new(index),
             direct: Mutex::new(None),
+            direct_on: AtomicBool::new(false),
             direct_unsupported: AtomicBool::new(false),
             padded: AtomicBool::new(false),
             cuts: AtomicU64::new(0),
@@ -294,6 +297,7 @@ impl Segment {
         let mut direct = lock(&self.direct);
         if !on {
             *direct = None;
+            self.direct_on.store(false, Ordering::Release);
             return;
         }
         if direct.is_some() || self.direct_unsupported.load(Ordering::Relaxed) {
@@ -311,7 +315,8 @@ impl Segment {
                     tail: Vec::with_capacity(BLOCK as usize),
                     tail_at: u64::MAX,
                     tail_cuts: 0,
-                })
+                });
+                self.direct_on.store(true, Ordering::Release);
             }
             Err(e) => {
                 tracing::debug!(segment = %self.path("log").display(), error = %e, "no direct I/O on this file system: follower appends go through the page cache");
@@ -388,14 +393,19 @@ impl Segment {
             self.reserve_to(end + pos.clamp(RESERVE_MIN, RESERVE_MAX));
         }
         let mut written = None;
-        if total >= DIRECT_MIN {
+        if total >= DIRECT_MIN && self.direct_on.load(Ordering::Acquire) {
             let mut direct = lock(&self.direct);
             if let Some(d) = direct.as_mut() {
                 match self.append_direct(d, bufs, pos) {
-                    Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
-                        // The device wants a larger alignment than BLOCK: buffered from now on.
-                        tracing::debug!(segment = %self.path("log").display(), error = %e, "direct write refused: follower appends go through the page cache");
+                    Err(e)
+                        if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error())
+                            || e.kind() == io::ErrorKind::Unsupported =>
+                    {
+                        // EINVAL: the device wants a larger alignment than BLOCK. Nothing was
+                        // written; this segment's appends are buffered from now on.
+                        tracing::info!(segment = %self.path("log").display(), error = %e, "direct write not possible: this segment's follower appends go through the page cache");
                         *direct = None;
+                        self.direct_on.store(false, Ordering::Release);
                         self.direct_unsupported.store(true, Ordering::Relaxed);
                     }
                     result => written = Some(result),
@@ -450,8 +460,9 @@ impl Segment {
         }
         let mut staging = Staging::take();
         let Some(buf) = staging.aligned() else {
-            return Err(io::Error::from_raw_os_error(
-                rustix::io::Errno::INVAL.raw_os_error(),
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the staging buffer cannot be aligned to a block",
             ));
         };
         buf[..head].copy_from_slice(&d.tail);
