@@ -2,14 +2,17 @@
 metadata and racks, RF=3 topics with every replica in sync, acks=all round trips,
 kill -9 of a partition leader while a producer runs (nothing acknowledged lost, a new leader
 with a higher epoch, the restarted node back in sync), a dead follower leaving the ISR as every
-node reports it, kcat through a node that is not the leader, kafka-python, and a consumer group
-resuming from its committed offsets.
+node reports it, kcat through a node that is not the leader, kafka-python, a consumer group
+resuming from its committed offsets, and followers writing large batches with direct I/O (or,
+on a file system that refuses it, through the page cache) before taking over.
 
 The cluster (the `cluster` fixture, sluicecluster.py) is shared by the module; a test that
 kills a node starts it again, and the fixture restarts any node an earlier test left down."""
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import shutil
 import subprocess
@@ -28,16 +31,18 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from segments import newest_segment_extent, stored_batch_headers
+from sluicecluster import SluiceCluster
 from sluicenode import wait_until
 
-pytestmark = pytest.mark.sluice_overrides({
+CLUSTER_OVERRIDES = {
     "group.initial.rebalance.delay.ms": "300",
     # A dead follower leaves the ISR after 3 s (Kafka's default: 30 s), so the durability test
     # sees the ISR shrink and grow back within its time bounds.
     "replica.lag.time.max.ms": "3000",
     # Every __consumer_offsets partition is a Raft group of three: keep them few.
     "offsets.topic.num.partitions": "3",
-})
+}
+pytestmark = pytest.mark.sluice_overrides(CLUSTER_OVERRIDES)
 
 RACKS = {1: "az-a", 2: "az-b", 3: "az-c"}
 
@@ -678,6 +683,86 @@ def test_a_follower_writing_large_batches_directly_takes_over_with_all_of_them(c
                           what=f"all {n + 10} records read")
     assert [v for _, _, v in got[0]] == [value(i) for i in range(n)] + \
         [value(i)[:100] for i in range(n, n + 10)]
+
+
+@pytest.fixture
+def ramfs_cluster(tmp_path, sluice_bin):
+    """A cluster of its own whose three data dirs are ramfs mounts: a file system that refuses
+    O_DIRECT (EINVAL at open) and fallocate, as some an operator may run on. Mounting needs
+    root (CI has it); without root the test is reported as skipped, not passed."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting ramfs needs root")
+    c = SluiceCluster(tmp_path / "ramfs-cluster", binary=sluice_bin, overrides=CLUSTER_OVERRIDES)
+    mounted = []
+    try:
+        for n in c.nodes:
+            n.data_dir.mkdir(parents=True)
+            subprocess.run(["mount", "-t", "ramfs", "ramfs", str(n.data_dir)], check=True,
+                           capture_output=True, timeout=30)
+            mounted.append(n.data_dir)
+        c.start()
+        yield c
+        problems = c.teardown()
+        if problems:
+            pytest.fail("\n\n".join(problems), pytrace=False)
+    finally:
+        c.kill_all()
+        for d in mounted:
+            subprocess.run(["umount", "-l", str(d)], capture_output=True, timeout=30)
+
+
+def test_followers_whose_file_system_refuses_direct_io_write_through_the_page_cache(
+        ramfs_cluster):
+    """Where the file system refuses O_DIRECT, a follower's large appends take the page cache
+    instead (and, without fallocate, reserve no blocks ahead): every batch lands, unpadded, on
+    both followers; after kill -9 of the leader the new leader serves every acknowledged
+    record, and the old leader catches up after its restart."""
+    c = ramfs_cluster
+    probe = c.nodes[0].data_dir / "o_direct-probe"
+    with pytest.raises(OSError) as refused:
+        os.close(os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_DIRECT))
+    assert refused.value.errno == errno.EINVAL, f"ramfs answered O_DIRECT with {refused.value}"
+    probe.unlink(missing_ok=True)
+
+    topic, n, size = "cl-nodirect", 60, 100_000
+    leader = make_topic(c, topic, 1)[0].leader_id
+    followers = [node for node in c.nodes if node.node_id != leader]
+
+    def value(i: int) -> bytes:
+        return (f"{i:05d}:".encode() * (size // 6 + 1))[:size]
+
+    errors: list = []
+    p = Producer({"bootstrap.servers": c.bootstrap, "acks": "all", "linger.ms": 20,
+                  "batch.size": 1_000_000, "message.timeout.ms": 60_000})
+    for i in range(n):
+        produce_or_wait(p, topic, value=value(i), partition=0,
+                        on_delivery=lambda err, msg: err and errors.append(err))
+        p.poll(0)
+    assert p.flush(60) == 0 and not errors, f"produce failed: {errors[:3]}"
+
+    def followers_hold_every_batch():
+        want = stored_batch_headers(c.node(leader), topic, 0)
+        assert sum(d + 1 for _, d, _, _ in want) == n, "the leader's files miss records"
+        for f in followers:
+            assert stored_batch_headers(f, topic, 0) == want, \
+                f"node {f.node_id} does not hold the leader's batches yet"
+            name, end, length = newest_segment_extent(f, topic, 0)
+            assert length == end, \
+                f"node {f.node_id}: {name} is {length} bytes, its batches end at {end}"
+        return True
+    wait_until(followers_hold_every_batch, 30, "both followers to hold every batch",
+               interval=0.2)
+
+    c.kill9(leader)
+    got = read_partitions(c.bootstrap_of(c.alive_nodes()), topic, 1,
+                          lambda g: len(g[0]) >= n, what=f"the {n} records read")
+    assert [(o, v) for o, _, v in got[0]] == [(i, value(i)) for i in range(n)], \
+        "the new leader serves other records than were acknowledged"
+    c.restart(leader)
+    settled = c.wait_settled(topic, 1, 3, timeout=120)[0]
+    want = stored_batch_headers(c.node(settled.leader_id), topic, 0)
+    wait_until(lambda: stored_batch_headers(c.node(leader), topic, 0) == want, 60,
+               "the restarted old leader to hold the new leader's batches", interval=0.5)
 
 
 def test_every_node_reports_a_dead_follower_leaving_the_isr(cluster):
