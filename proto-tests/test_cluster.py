@@ -112,6 +112,24 @@ def produce_or_wait(p: Producer, *args, **kwargs) -> None:
     raise AssertionError("the producer's queue stayed full for 60 s")
 
 
+def large_value(i: int, size: int = 100_000) -> bytes:
+    """Record i's value: its number repeated up to `size` bytes (recognisable, not compressible
+    to nothing, and every record >= 64 KiB makes a batch that takes a follower's direct path)."""
+    return (f"{i:05d}:".encode() * (size // 6 + 1))[:size]
+
+
+def produce_large(bootstrap: str, topic: str, n: int) -> None:
+    """Records 0..n-1 of large_value() to partition 0 with acks=all; all acknowledged."""
+    errors: list = []
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 20,
+                  "batch.size": 1_000_000, "message.timeout.ms": 60_000})
+    for i in range(n):
+        produce_or_wait(p, topic, value=large_value(i), partition=0,
+                        on_delivery=lambda err, msg: err and errors.append(err))
+        p.poll(0)
+    assert p.flush(60) == 0 and not errors, f"produce failed: {errors[:3]}"
+
+
 # ----------------------------------------------------------------------------- metadata
 
 def test_three_brokers_with_racks_and_a_controller(cluster):
@@ -610,22 +628,12 @@ def test_a_follower_writing_large_batches_directly_takes_over_with_all_of_them(c
     padding shows that path ran). kill -9 of the leader makes such a follower the leader: every
     acknowledged record reads back from it, in order; the other follower, killed with its
     padding in place, recovers, and all three nodes end up with the same batches."""
-    topic, n, size = "cl-direct", 120, 100_000
+    topic, n = "cl-direct", 120
     leader = make_topic(cluster, topic, 1)[0].leader_id
     followers = [node for node in cluster.nodes if node.node_id != leader]
-
-    def value(i: int) -> bytes:
-        return (f"{i:05d}:".encode() * (size // 6 + 1))[:size]
-
-    errors: list = []
+    value = large_value
     # Every record is 100 kB, so every batch is at least that: all take the direct path.
-    p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all", "linger.ms": 20,
-                  "batch.size": 1_000_000, "message.timeout.ms": 60_000})
-    for i in range(n):
-        produce_or_wait(p, topic, value=value(i), partition=0,
-                        on_delivery=lambda err, msg: err and errors.append(err))
-        p.poll(0)
-    assert p.flush(60) == 0 and not errors, f"produce failed: {errors[:3]}"
+    produce_large(cluster.bootstrap, topic, n)
     leader_node = cluster.node(leader)
 
     def followers_padded():
@@ -661,6 +669,7 @@ def test_a_follower_writing_large_batches_directly_takes_over_with_all_of_them(c
     cluster.kill9(other)
     cluster.restart(other)
     cluster.restart(leader)
+    errors: list = []
     p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all",
                   "message.timeout.ms": 60_000})
     for i in range(n, n + 10):
@@ -724,21 +733,10 @@ def test_followers_whose_file_system_refuses_direct_io_write_through_the_page_ca
     assert refused.value.errno == errno.EINVAL, f"ramfs answered O_DIRECT with {refused.value}"
     probe.unlink(missing_ok=True)
 
-    topic, n, size = "cl-nodirect", 60, 100_000
+    topic, n = "cl-nodirect", 60
     leader = make_topic(c, topic, 1)[0].leader_id
     followers = [node for node in c.nodes if node.node_id != leader]
-
-    def value(i: int) -> bytes:
-        return (f"{i:05d}:".encode() * (size // 6 + 1))[:size]
-
-    errors: list = []
-    p = Producer({"bootstrap.servers": c.bootstrap, "acks": "all", "linger.ms": 20,
-                  "batch.size": 1_000_000, "message.timeout.ms": 60_000})
-    for i in range(n):
-        produce_or_wait(p, topic, value=value(i), partition=0,
-                        on_delivery=lambda err, msg: err and errors.append(err))
-        p.poll(0)
-    assert p.flush(60) == 0 and not errors, f"produce failed: {errors[:3]}"
+    produce_large(c.bootstrap, topic, n)
 
     def followers_hold_every_batch():
         want = stored_batch_headers(c.node(leader), topic, 0)
@@ -756,7 +754,7 @@ def test_followers_whose_file_system_refuses_direct_io_write_through_the_page_ca
     c.kill9(leader)
     got = read_partitions(c.bootstrap_of(c.alive_nodes()), topic, 1,
                           lambda g: len(g[0]) >= n, what=f"the {n} records read")
-    assert [(o, v) for o, _, v in got[0]] == [(i, value(i)) for i in range(n)], \
+    assert [(o, v) for o, _, v in got[0]] == [(i, large_value(i)) for i in range(n)], \
         "the new leader serves other records than were acknowledged"
     c.restart(leader)
     settled = c.wait_settled(topic, 1, 3, timeout=120)[0]

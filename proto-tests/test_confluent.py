@@ -241,6 +241,18 @@ def test_admin_create_describe_alter_delete(shared_node):
     bconf = a.describe_configs([broker])[broker].result(30)
     assert bconf["num.partitions"].value == "1"
     assert bconf["log.retention.ms"].value == "604800000"
+    # The storage layer's own broker keys are listed too, read-only: it reads them at start-up,
+    # so changing one at runtime is refused rather than accepted and ignored.
+    for key, value in {"log.cleaner.enable": "true", "log.retention.check.interval.ms": "300000",
+                       "sluice.log.cache.tail.bytes": "1073741824"}.items():
+        entry = bconf[key]
+        assert (entry.value, entry.is_read_only, entry.source) == \
+            (value, True, ConfigSource.DEFAULT_CONFIG.value), f"{key}: {entry}"
+    startup_only = ConfigResource(ConfigResource.Type.BROKER, "1", incremental_configs=[
+        ConfigEntry("log.cleaner.backoff.ms", "100", incremental_operation=AlterConfigOpType.SET)])
+    with pytest.raises(KafkaException) as err:
+        a.incremental_alter_configs([startup_only])[startup_only].result(30)
+    assert err.value.args[0].code() == KafkaError.INVALID_REQUEST, err.value
 
     a.delete_topics([topic])[topic].result(30)
     wait_until(lambda: topic not in a.list_topics(timeout=10).topics, 10, "topic gone")

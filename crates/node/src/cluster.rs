@@ -1103,6 +1103,28 @@ impl Cluster {
                 }
             })
             .collect();
+        out.extend(
+            self.config
+                .log
+                .describe_startup_keys()
+                .into_iter()
+                .map(|k| {
+                    let source = if k.overridden {
+                        ConfigSource::StaticBroker.kafka_code()
+                    } else {
+                        ConfigSource::Default.kafka_code()
+                    };
+                    ConfigView {
+                        name: k.name.to_string(),
+                        synonyms: vec![(k.name.to_string(), k.value.clone(), source)],
+                        value: k.value,
+                        source,
+                        read_only: true,
+                        config_type: k.kind.kafka_code(),
+                        doc: k.doc,
+                    }
+                }),
+        );
         for def in TOPIC_CONFIGS {
             let Some((key, _)) = def.broker_keys.first() else {
                 continue;
@@ -1136,11 +1158,13 @@ impl Cluster {
         let _guard = self.admin.lock().await;
         let mut defaults = self.config.log.clone();
         for (k, v) in &configs {
-            if self
-                .config
-                .describe_node_keys()
-                .iter()
-                .any(|e| &e.name == k)
+            // The storage layer reads its own keys (log.cleaner.*, ...) only at start-up.
+            if BrokerLogConfig::is_startup_key(k)
+                || self
+                    .config
+                    .describe_node_keys()
+                    .iter()
+                    .any(|e| &e.name == k)
             {
                 return Err(AdminError::new(
                     ResponseError::InvalidRequest,

@@ -513,55 +513,64 @@ pub static TOPIC_CONFIGS: &[ConfigDef] = &[
     },
 ];
 
-/// Broker-only keys the storage layer reads: (key, type, default, rule).
-static BROKER_ONLY: &[(&str, ConfigType, &str, Rule)] = &[
+/// Broker-only keys the storage layer reads: (key, type, default, rule, doc). Read at start-up
+/// only, so they are set with `--override` and reported read-only.
+static BROKER_ONLY: &[(&str, ConfigType, &str, Rule, &str)] = &[
     (
         "log.cleaner.enable",
         ConfigType::Boolean,
         "true",
         Rule::None,
+        "run the log cleaner for compacted topics",
     ),
     (
         "log.cleaner.backoff.ms",
         ConfigType::Long,
         "15000",
         Rule::Range(0, i64::MAX),
+        "how long the cleaner sleeps when no log needs cleaning",
     ),
     (
         "log.cleaner.dedupe.buffer.size",
         ConfigType::Long,
         "134217728",
         Rule::Range(1 << 20, i64::MAX),
+        "memory for the key-to-offset map of one clean",
     ),
     (
         "log.retention.check.interval.ms",
         ConfigType::Long,
         "300000",
         Rule::Range(1, i64::MAX),
+        "how often logs are checked for segments to delete",
     ),
     (
         "producer.id.expiration.ms",
         ConfigType::Int,
         "86400000",
         Rule::Range(1, I32MAX),
+        "how long an idle producer id's state is kept",
     ),
     (
         "num.recovery.threads.per.data.dir",
         ConfigType::Int,
         "2",
         Rule::Range(1, I32MAX),
+        "threads opening partitions at start-up",
     ),
     (
         "log.flush.scheduler.interval.ms",
         ConfigType::Long,
         "100",
         Rule::Range(1, i64::MAX),
+        "how often flush.ms is checked",
     ),
     (
         "log.flush.offset.checkpoint.interval.ms",
         ConfigType::Int,
         "10000",
         Rule::Range(0, I32MAX),
+        "how often changed logs write a recovery checkpoint",
     ),
     // Not a Kafka key (Kafka leaves the page cache to the kernel): see `cache_tail_bytes`.
     (
@@ -569,6 +578,7 @@ static BROKER_ONLY: &[(&str, ConfigType, &str, Rule)] = &[
         ConfigType::Long,
         "1073741824",
         Rule::Range(-1, i64::MAX),
+        "newest bytes of each led partition kept in the page cache (-1: all)",
     ),
 ];
 
@@ -695,6 +705,21 @@ pub fn validate_all<'a>(
     Ok(())
 }
 
+/// One of the storage layer's own broker keys as DescribeConfigs reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartupKey {
+    /// Kafka name (or `sluice.*` for Sluice's own).
+    pub name: &'static str,
+    /// Effective value.
+    pub value: String,
+    /// Set with `--override` (else the default).
+    pub overridden: bool,
+    /// Value type.
+    pub kind: ConfigType,
+    /// One line of documentation.
+    pub doc: &'static str,
+}
+
 /// Broker-level settings: defaults for every topic config plus the storage layer's own knobs.
 ///
 /// Holds only what was set (by `--override KEY=VALUE` or a config file); everything else falls
@@ -707,14 +732,37 @@ pub struct BrokerLogConfig {
 impl BrokerLogConfig {
     /// True if `key` is a broker key this crate understands.
     pub fn is_known_key(key: &str) -> bool {
-        BROKER_ONLY.iter().any(|(k, ..)| *k == key) || broker_key_target(key).is_some()
+        Self::is_startup_key(key) || broker_key_target(key).is_some()
+    }
+
+    /// True if `key` is one of the storage layer's own broker keys, read only at start-up.
+    pub fn is_startup_key(key: &str) -> bool {
+        BROKER_ONLY.iter().any(|(k, ..)| *k == key)
+    }
+
+    /// The storage layer's own broker keys with their values, for DescribeConfigs.
+    pub fn describe_startup_keys(&self) -> Vec<StartupKey> {
+        BROKER_ONLY
+            .iter()
+            .map(|(name, kind, default, _, doc)| StartupKey {
+                name,
+                value: self
+                    .set
+                    .get(*name)
+                    .cloned()
+                    .unwrap_or_else(|| default.to_string()),
+                overridden: self.set.contains_key(*name),
+                kind: *kind,
+                doc,
+            })
+            .collect()
     }
 
     /// Sets a broker key (`log.segment.bytes`, `log.retention.hours`, `message.max.bytes`,
     /// `log.retention.check.interval.ms`, ...). Unknown keys are refused so the caller can try
     /// its own keys first and report the rest.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
-        if let Some((_, kind, _, rule)) = BROKER_ONLY.iter().find(|(k, ..)| *k == key) {
+        if let Some((_, kind, _, rule, _)) = BROKER_ONLY.iter().find(|(k, ..)| *k == key) {
             check_value(key, *kind, *rule, value)?;
         } else if let Some((def, factor)) = broker_key_target(key) {
             if factor == 1 {
@@ -742,7 +790,7 @@ impl BrokerLogConfig {
         let default = BROKER_ONLY
             .iter()
             .find(|(k, ..)| *k == key)
-            .map(|(_, _, d, _)| *d)
+            .map(|(_, _, d, ..)| *d)
             .unwrap_or("0");
         self.set
             .get(key)

@@ -8,6 +8,15 @@ use std::sync::Arc;
 use common::{all_batches, batch_of};
 use sluice_storage::{LogConfig, PartitionLog, StorageError};
 
+/// A log that flushes only on request (or after 1000 messages), so a test decides when.
+fn open_without_flush_per_append(dir: &std::path::Path) -> PartitionLog {
+    let config = LogConfig {
+        flush_messages: 1000,
+        ..LogConfig::default()
+    };
+    PartitionLog::open(dir, "t", 0, config).expect("open")
+}
+
 #[test]
 fn flush_messages_one_makes_every_append_durable() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -70,16 +79,7 @@ fn larger_flush_messages_waits_for_the_policy_or_a_request() {
 #[test]
 fn waiting_past_the_end_of_a_closed_log_fails() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = PartitionLog::open(
-        dir.path(),
-        "t",
-        0,
-        LogConfig {
-            flush_messages: 1000,
-            ..LogConfig::default()
-        },
-    )
-    .expect("open");
+    let log = open_without_flush_per_append(dir.path());
     log.append(batch_of(1, 10, 0, 0), 0, 0).expect("append");
     log.close().expect("close");
     log.wait_durable_blocking(1)
@@ -101,16 +101,7 @@ fn durable_callbacks_run_in_registration_order_and_fail_on_close() {
     use std::sync::mpsc;
     use std::time::Duration;
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = PartitionLog::open(
-        dir.path(),
-        "t",
-        0,
-        LogConfig {
-            flush_messages: 1000,
-            ..LogConfig::default()
-        },
-    )
-    .expect("open");
+    let log = open_without_flush_per_append(dir.path());
     let (tx, rx) = mpsc::channel();
     let register = |offset: i64, name: &'static str| {
         let tx = tx.clone();
