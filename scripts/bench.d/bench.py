@@ -470,7 +470,7 @@ def rdk_env():
 
 
 def rdk_producer(addr, topic, size, count, acks, partition=None, rate=None, linger=5,
-                 latency_file=None):
+                 latency_file=None, conf=()):
     """rdkafka_performance sets linger.ms=1000 by default, which adds up to a second of
     waiting for the last batch to the elapsed time of a bounded run; librdkafka's own default
     (5 ms) is what applications get, so throughput runs use that."""
@@ -481,6 +481,8 @@ def rdk_producer(addr, topic, size, count, acks, partition=None, rate=None, ling
     if rate:
         cmd += ["-r", rate]
     cmd += ["-X", f"linger.ms={linger}"]
+    for c in conf:
+        cmd += ["-X", c]
     if latency_file:
         cmd += ["-l", "-A", latency_file]
     return cmd
@@ -654,6 +656,7 @@ class Scenario:
     seconds: float = 15
     base: str = ""      # half-*: the scenario whose max rate is halved
     what: str = ""
+    rdk_conf: tuple = ()  # extra rdkafka_performance -X settings (compression, idempotence)
 
     def count(self, quick):
         return self.quick if quick else self.full
@@ -669,6 +672,23 @@ def scenarios():
                         f"produce-{sl}-{al}-p{parts}-x{prods}", "rdk", size, acks, parts, prods,
                         full=full, quick=quick,
                         what=f"rdkafka_performance x{prods}, {sl}, acks={acks}, {parts} partition(s)"))
+    # What an operator's workload adds to the plain runs above: many partitions on one node
+    # (every acks=all append waits for its own partition's fsync), compressed batches (stored
+    # as they come, never decompressed), idempotent producers (sequence checks per batch).
+    out += [
+        Scenario("produce-100B-all-p256-x1", "rdk", 100, "-1", 256, 1,
+                 full=20_000_000, quick=200_000,
+                 what="rdkafka_performance x1, 100B, acks=-1, 256 partitions (random partitioner)"),
+        Scenario("produce-100B-all-p1-x1-lz4", "rdk", 100, "-1", 1, 1,
+                 full=20_000_000, quick=200_000, rdk_conf=("compression.codec=lz4",),
+                 what="rdkafka_performance x1, 100B, acks=-1, 1 partition, lz4 batches"),
+        Scenario("produce-100B-all-p1-x1-idem", "rdk", 100, "-1", 1, 1,
+                 full=20_000_000, quick=200_000, rdk_conf=("enable.idempotence=true",),
+                 what="rdkafka_performance x1, 100B, acks=-1, 1 partition, idempotent producer"),
+        Scenario("lg-produce-100B-all-p64-c64", "lg", 100, "-1", 64, 64, records=100,
+                 full=10_000_000, quick=200_000, seconds=10,
+                 what="sluice-loadgen 64 conns x 8 in flight, 100-record batches, 64 partitions"),
+    ]
     out += [
         Scenario("lg-produce-100B-all-p1-c1", "lg", 100, "-1", 1, 1, records=1000,
                  full=20_000_000, quick=500_000, seconds=10,
@@ -808,7 +828,8 @@ class Runner:
         if sc.kind in ("rdk", "rf3"):
             per = max(1, n // sc.producers)
             kids = [Child(f"p{i}", rdk_producer(broker.addr, "bench", sc.size, per, sc.acks,
-                                                0 if sc.partitions == 1 else None),
+                                                0 if sc.partitions == 1 else None,
+                                                conf=sc.rdk_conf),
                           secs, logs / f"{tag}.producer{i}.log", rdk_env())
                     for i in range(sc.producers)]
             for k in kids:
