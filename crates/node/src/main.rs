@@ -56,6 +56,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     sluice_node::init_logging();
     sluice_node::alloc_guard::keep_freed_memory();
+    sluice_node::alloc_guard::return_idle_memory();
     let config = BrokerConfig::from_args(
         args.node_id,
         &args.listen,
