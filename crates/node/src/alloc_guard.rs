@@ -8,6 +8,10 @@
 //! address space reserved with `MAP_NORESERVE`: nothing is committed, the decoder then fails on
 //! the missing elements, and the reservation is returned. Everything else goes to the system
 //! allocator untouched.
+//!
+//! The module also owns how the node uses glibc's malloc: [`keep_freed_memory`] tunes it to
+//! reuse memory while a load runs, and [`return_idle_memory`] hands that memory back to the
+//! kernel once the node is quiet.
 
 #![allow(unsafe_code)]
 

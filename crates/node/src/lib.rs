@@ -4,7 +4,8 @@
 //! - [`server`] / [`connection`]: accept loop; per-connection framing, pipelining, ordering.
 //! - [`broker`]: the shared broker state and dispatch of each API to its handler.
 //! - `handlers`: one module per group of Kafka APIs (produce, fetch, metadata, admin, groups).
-//! - [`alloc_guard`]: keeps a hostile array length in a request from aborting the process.
+//! - [`alloc_guard`]: keeps a hostile array length in a request from aborting the process;
+//!   tunes glibc malloc to reuse memory under load and hands it back once the node is quiet.
 
 pub mod alloc_guard;
 pub mod broker;
