@@ -112,9 +112,8 @@ fn trim_loop() {
     let mut last_trim = std::time::Instant::now();
     // Work since the last trim: a quiet node trims once per quiet spell, not every interval
     // (free chunks stay counted as free after `madvise`, so the free figure alone would not
-    // say that the trim is done).
-    // Start-up (recovery, opening the metadata store) counts as work: its garbage is trimmed
-    // in the first quiet interval.
+    // say that the trim is done). Start-up (recovery, opening the metadata store) counts as
+    // work, so its garbage goes in the first quiet interval.
     let mut worked = true;
     loop {
         std::thread::sleep(TRIM_INTERVAL);
