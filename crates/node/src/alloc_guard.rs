@@ -124,12 +124,7 @@ fn trim_loop() {
         worked |= busy;
         // SAFETY: mallinfo2 only reads malloc's statistics (it takes each arena's lock).
         let free = unsafe { libc::mallinfo2() }.fordblks;
-        let due = if busy {
-            free > KEEP_WHEN_BUSY && last_trim.elapsed() >= BUSY_TRIM_EVERY
-        } else {
-            worked && free > KEEP_WHEN_QUIET
-        };
-        if !due {
+        if !trim_due(busy, worked, free, last_trim.elapsed()) {
             continue;
         }
         let before = resident_bytes();
@@ -147,6 +142,17 @@ fn trim_loop() {
         );
         last_trim = std::time::Instant::now();
         worked = false;
+    }
+}
+
+/// Whether to trim now: `busy` this interval, `worked` since the last trim, `free` heap bytes,
+/// `since_trim` since the last trim (or the thread's start).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_due(busy: bool, worked: bool, free: usize, since_trim: std::time::Duration) -> bool {
+    if busy {
+        free > KEEP_WHEN_BUSY && since_trim >= BUSY_TRIM_EVERY
+    } else {
+        worked && free > KEEP_WHEN_QUIET
     }
 }
 
@@ -249,5 +255,47 @@ unsafe impl GlobalAlloc for GuardedAllocator {
             }
         }
         new_ptr
+    }
+}
+
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_quiet_node_trims_once_after_work_when_enough_is_free() {
+        let long_ago = Duration::from_secs(3600);
+        assert!(trim_due(false, true, KEEP_WHEN_QUIET + 1, Duration::ZERO));
+        // Nothing done since the last trim: the free figure still counts madvised chunks.
+        assert!(!trim_due(false, false, KEEP_WHEN_BUSY * 4, long_ago));
+        assert!(!trim_due(false, true, KEEP_WHEN_QUIET, long_ago));
+    }
+
+    #[test]
+    fn a_busy_node_trims_only_a_large_surplus_and_at_most_once_a_minute() {
+        assert!(!trim_due(true, true, KEEP_WHEN_QUIET * 2, BUSY_TRIM_EVERY));
+        assert!(!trim_due(
+            true,
+            true,
+            KEEP_WHEN_BUSY + 1,
+            BUSY_TRIM_EVERY / 2
+        ));
+        assert!(trim_due(true, true, KEEP_WHEN_BUSY + 1, BUSY_TRIM_EVERY));
+    }
+
+    #[test]
+    fn the_process_cpu_clock_moves_with_work() {
+        let before = process_cpu();
+        let spin = std::time::Instant::now();
+        let mut x = 0u64;
+        while process_cpu() <= before {
+            x = std::hint::black_box(x.wrapping_add(1));
+            assert!(
+                spin.elapsed() < Duration::from_secs(10),
+                "no CPU time counted"
+            );
+        }
+        assert!(resident_bytes() > 0);
     }
 }
